@@ -1,0 +1,34 @@
+/* Error reporting and checked allocation shared by every cfx module.
+ *
+ * Library functions that can fail return 0 on success and -1 on failure,
+ * filling a cfx_error with one line that names the file and the cause.
+ * Programs print that line and exit; the library never calls exit(). */
+#ifndef CFX_COMMON_H
+#define CFX_COMMON_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#define CFX_ERROR_LEN 512
+
+typedef struct {
+    char msg[CFX_ERROR_LEN];
+} cfx_error;
+
+/* Formats a message into err (if not NULL) and returns -1. */
+int cfx_fail(cfx_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* malloc/calloc that abort with the call site on out-of-memory: running out
+ * of memory is not an input error the caller could report better. */
+void *cfx_malloc_check(size_t size, const char *file, int line);
+void *cfx_calloc_check(size_t count, size_t size, const char *file, int line);
+#define cfx_malloc(size) cfx_malloc_check((size), __FILE__, __LINE__)
+#define cfx_calloc(count, size) cfx_calloc_check((count), (size), __FILE__, __LINE__)
+
+/* Creates a directory and its parents (like mkdir -p). */
+int cfx_mkdir_p(const char *path, cfx_error *err);
+
+/* Seconds from a monotonic clock. */
+double cfx_now(void);
+
+#endif

@@ -1,0 +1,83 @@
+/* The run configuration: an INI file plus --set overrides.
+ *
+ * Every key is declared once in a table in src/config/config.c with its type,
+ * range, default and meaning; the reader, the validation, the effective
+ * config text written into checkpoints and `--help-config` all come from it. */
+#ifndef CFX_CONFIG_H
+#define CFX_CONFIG_H
+
+#include <stdint.h>
+
+#include "cfx/common.h" /* defines: cfx_error */
+
+typedef enum {
+    CFX_LAYER_CONV2D,
+    CFX_LAYER_RELU,
+    CFX_LAYER_MAXPOOL2D,
+    CFX_LAYER_FLATTEN,
+    CFX_LAYER_LINEAR,
+} cfx_layer_type;
+
+/* One entry of model.layers, e.g. "conv2d out=16 kernel=3 padding=1". */
+typedef struct {
+    cfx_layer_type type;
+    int out_channels; /* conv2d */
+    int kernel;       /* conv2d, maxpool2d */
+    int stride;       /* conv2d, maxpool2d (maxpool default: kernel) */
+    int padding;      /* conv2d */
+    int out_features; /* linear */
+} cfx_layer_spec;
+
+#define CFX_MAX_LAYERS 64
+#define CFX_PATH_LEN 1024
+
+typedef struct {
+    /* [data] */
+    char data_dir[CFX_PATH_LEN];
+    long train_limit;  /* first K images of the 45k split, 0 = all */
+    long val_limit;    /* first K images of the 5k split, 0 = all */
+    long val_size;     /* images held out of the 50k for validation */
+    uint64_t split_seed;
+    int augment;       /* random crop + flip on training images */
+    /* [train] */
+    int epochs;
+    int batch_size;    /* global batch, summed over ranks */
+    uint64_t seed;
+    int eval_batch_size;
+    /* [optim] */
+    char optim_name[16]; /* adam | sgd */
+    double lr, beta1, beta2, eps, momentum, weight_decay;
+    int nesterov;
+    /* [model] */
+    int n_layers;
+    cfx_layer_spec layers[CFX_MAX_LAYERS];
+    /* [output] */
+    char output_dir[CFX_PATH_LEN];
+    /* [runtime] */
+    int blas_threads; /* per rank, 0 = cores of the node / ranks on the node */
+} cfx_config;
+
+/* Fills every key with its default (required keys stay unset). */
+void cfx_config_defaults(cfx_config *cfg);
+
+/* Reads an INI file over the defaults, applies "section.key=value"
+ * overrides in order, then checks that every required key was given. */
+int cfx_config_load(cfx_config *cfg, const char *path, int n_overrides,
+                    const char *const *overrides, cfx_error *err);
+
+/* Sets one key from its text value ("optim.lr", "3e-4"). */
+int cfx_config_set(cfx_config *cfg, const char *dotted_key, const char *value, cfx_error *err);
+
+/* Parses a layer list: entries separated by ';' or newlines. */
+int cfx_parse_layers(const char *text, cfx_layer_spec *layers, int *n_layers, cfx_error *err);
+
+/* Formats one layer as it would be written in a config ("conv2d out=16 ..."). */
+void cfx_layer_spec_format(const cfx_layer_spec *layer, char *buf, size_t len);
+
+/* The effective configuration as INI text (malloc'd; caller frees). */
+char *cfx_config_to_ini(const cfx_config *cfg);
+
+/* Every key with its default and meaning, as a commented INI file (malloc'd). */
+char *cfx_config_reference(void);
+
+#endif

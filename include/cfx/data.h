@@ -1,0 +1,85 @@
+/* CIFAR-10 in its official binary layout, the train/validation split and
+ * mini-batch assembly (normalisation and augmentation).
+ *
+ * The batch files are memory-mapped read-only, so ranks on one node share a
+ * single copy of the data through the page cache. */
+#ifndef CFX_DATA_H
+#define CFX_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cfx/common.h" /* defines: cfx_error */
+
+#define CFX_IMAGE_CHANNELS 3
+#define CFX_IMAGE_SIZE 32
+#define CFX_IMAGE_PIXELS (CFX_IMAGE_CHANNELS * CFX_IMAGE_SIZE * CFX_IMAGE_SIZE) /* 3072 */
+#define CFX_RECORD_BYTES (1 + CFX_IMAGE_PIXELS)                                   /* 3073 */
+#define CFX_RECORDS_PER_FILE 10000
+#define CFX_NUM_CLASSES 10
+#define CFX_MAX_DATA_FILES 8
+
+extern const char *const CFX_CIFAR10_CLASSES[CFX_NUM_CLASSES];
+extern const float CFX_CIFAR10_MEAN[CFX_IMAGE_CHANNELS];
+extern const float CFX_CIFAR10_STD[CFX_IMAGE_CHANNELS];
+
+/* Images from one or more batch files; record i is a label byte followed by
+ * 1,024 red, 1,024 green and 1,024 blue bytes, each plane row-major. */
+typedef struct {
+    int n;
+    const uint8_t **records;
+    int n_maps;
+    void *maps[CFX_MAX_DATA_FILES];
+    size_t map_len[CFX_MAX_DATA_FILES];
+} cfx_dataset;
+
+/* Maps the given batch files; each must hold exactly records_per_file
+ * records with labels 0..9 (records_per_file 0 = any whole number). */
+int cfx_dataset_open(cfx_dataset *ds, const char *const *paths, int n_files,
+                     long records_per_file, cfx_error *err);
+/* data_batch_1..5.bin of dir: 50,000 images. */
+int cfx_cifar10_open_train(cfx_dataset *ds, const char *dir, cfx_error *err);
+/* test_batch.bin of dir: 10,000 images. */
+int cfx_cifar10_open_test(cfx_dataset *ds, const char *dir, cfx_error *err);
+void cfx_dataset_close(cfx_dataset *ds);
+
+static inline int cfx_dataset_label(const cfx_dataset *ds, int i) { return ds->records[i][0]; }
+static inline const uint8_t *cfx_dataset_pixels(const cfx_dataset *ds, int i)
+{
+    return ds->records[i] + 1;
+}
+
+/* The fixed train/validation split: one seeded permutation of n_total
+ * indices; the last val_size of it are validation. Limits keep only the
+ * first K of each part (0 = all). */
+typedef struct {
+    int *train;
+    int n_train;
+    int *val;
+    int n_val;
+} cfx_split;
+
+int cfx_split_make(cfx_split *split, int n_total, long val_size, uint64_t seed, long train_limit,
+                   long val_limit, cfx_error *err);
+void cfx_split_free(cfx_split *split);
+
+/* Training augmentation: RandomCrop(32, padding 4, zero fill) then
+ * horizontal flip with p = 0.5, drawn from (seed, epoch, image index) alone. */
+typedef struct {
+    int enabled;
+    uint64_t seed;
+    int epoch;
+} cfx_augment;
+
+#define CFX_CROP_PADDING 4
+
+/* The crop offsets (0..8) and flip bit used for image `index` in `epoch`. */
+void cfx_augment_draw(const cfx_augment *aug, int index, int *dy, int *dx, int *flip);
+
+/* Writes images ds[indices[0..n)] normalised into out, in the network's
+ * input layout [channel][image][row][col] (see include/cfx/nn.h), and their
+ * labels into labels. aug may be NULL (no augmentation). */
+void cfx_batch_fill(float *out, int *labels, const cfx_dataset *ds, const int *indices, int n,
+                    const cfx_augment *aug);
+
+#endif

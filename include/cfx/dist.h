@@ -1,0 +1,29 @@
+/* Data parallelism over MPI: rank layout, the per-rank slice of a global
+ * batch, broadcast of initial weights and the gradient allreduce. */
+#ifndef CFX_DIST_H
+#define CFX_DIST_H
+
+#include <stddef.h>
+
+typedef struct {
+    int rank, size;             /* in MPI_COMM_WORLD */
+    int local_rank, local_size; /* among the ranks on this node */
+    double allreduce_seconds;   /* time spent in cfx_dist_allreduce_sum */
+} cfx_dist;
+
+/* MPI_Init (unless already initialised) and the rank layout. */
+void cfx_dist_init(cfx_dist *d, int *argc, char ***argv);
+void cfx_dist_finalize(void);
+
+/* The images [*start, *start + *count) of a global batch of n that rank r
+ * of `size` processes: contiguous, sizes differ by at most one, possibly 0. */
+void cfx_dist_slice(int n, int rank, int size, int *start, int *count);
+
+/* In-place sum over all ranks. */
+void cfx_dist_allreduce_sum(cfx_dist *d, float *buf, size_t n);
+/* Broadcast from rank 0. */
+void cfx_dist_bcast(void *buf, size_t bytes);
+/* 1 on every rank if ok is non-zero on every rank. */
+int cfx_dist_all_ok(int ok);
+
+#endif

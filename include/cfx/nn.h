@@ -1,0 +1,139 @@
+/* Layers (forward and backward as plain functions over flat float arrays)
+ * and the sequential model that chains them.
+ *
+ * Activation layout. Spatial activations are stored [C][N][H][W]: channel
+ * major, then image. A convolution over the whole mini-batch is then one
+ * GEMM, out[OC][N*OH*OW] = W[OC][C*K*K] x col[C*K*K][N*OH*OW], with no
+ * transposes. After `flatten` activations are [N][F], row per image, as in
+ * PyTorch; flatten orders features (c, h, w) like torch.flatten. With N = 1
+ * both layouts equal PyTorch's NCHW.
+ *
+ * Parameters of all layers live in one flat buffer, gradients in another of
+ * the same layout: one allreduce, one optimizer loop, one checkpoint loop. */
+#ifndef CFX_NN_H
+#define CFX_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cfx/common.h" /* defines: cfx_error */
+#include "cfx/config.h" /* defines: cfx_layer_spec, cfx_layer_type, CFX_MAX_LAYERS */
+
+/* ---- layer kernels ---------------------------------------------------- */
+
+/* Output size of a convolution or pooling window along one axis. */
+static inline int cfx_window_out(int in, int kernel, int stride, int padding)
+{
+    return (in + 2 * padding - kernel) / stride + 1;
+}
+
+/* col[C*K*K][N*OH*OW] from in[C][N][H][W] (zeros outside the image). */
+void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, int stride,
+                int pad, int OH, int OW);
+/* in[C][N][H][W] += the columns of col (the adjoint of cfx_im2col). */
+void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, int stride,
+                int pad, int OH, int OW);
+
+/* out[OC][N][OH][OW] = conv(in[C][N][H][W], weight[OC][C][K][K]) + bias[OC].
+ * col is workspace of C*K*K*N*OH*OW floats and keeps the im2col of `in`,
+ * which the backward pass reuses. */
+void cfx_conv2d_forward(float *out, float *col, const float *in, const float *weight,
+                        const float *bias, int N, int C, int H, int W, int OC, int K, int stride,
+                        int pad);
+/* Gradients of the convolution given dout: dweight and dbias are
+ * overwritten; din (may be NULL) is overwritten. col must still hold the
+ * forward im2col; dcol is workspace of the same size. */
+void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *dcol, const float *dout,
+                         const float *col, const float *weight, int N, int C, int H, int W,
+                         int OC, int K, int stride, int pad);
+
+void cfx_relu_forward(float *out, const float *in, size_t n);
+/* din = dout where out > 0, else 0. */
+void cfx_relu_backward(float *din, const float *dout, const float *out, size_t n);
+
+/* Max pooling without padding over `planes` planes of H x W (floor mode);
+ * ties go to the first maximum in row-major window order, as PyTorch. */
+void cfx_maxpool_forward(float *out, const float *in, int planes, int H, int W, int K,
+                         int stride);
+void cfx_maxpool_backward(float *din, const float *dout, const float *in, int planes, int H,
+                          int W, int K, int stride);
+
+/* [C][N][HW] <-> [N][C*HW]. */
+void cfx_flatten_forward(float *out, const float *in, int N, int C, int HW);
+void cfx_flatten_backward(float *din, const float *dout, int N, int C, int HW);
+
+/* out[N][out_f] = in[N][in_f] x weight[out_f][in_f]^T + bias[out_f]. */
+void cfx_linear_forward(float *out, const float *in, const float *weight, const float *bias,
+                        int N, int in_f, int out_f);
+/* dweight, dbias overwritten; din (may be NULL) overwritten. */
+void cfx_linear_backward(float *din, float *dweight, float *dbias, const float *dout,
+                         const float *in, const float *weight, int N, int in_f, int out_f);
+
+/* Softmax cross-entropy of logits[N][K] with labels. Adds the summed loss
+ * and the number of correct argmax predictions to *loss_sum and *correct.
+ * If dlogits is not NULL, writes (softmax - onehot) * scale into it; scale
+ * is 1 / (global batch size) so that summing over ranks gives the mean. */
+void cfx_softmax_xent(const float *logits, const int *labels, int N, int K, float scale,
+                      float *dlogits, double *loss_sum, long *correct);
+
+/* ---- the sequential model --------------------------------------------- */
+
+typedef struct {
+    cfx_layer_spec spec;
+    int in_c, in_h, in_w;    /* per-image input shape */
+    int out_c, out_h, out_w; /* per-image output shape; flat outputs have h = w = 1 */
+    int flat_out;            /* output in [N][F] layout (after flatten or linear) */
+    size_t weight_offset, n_weight; /* into cfx_model.params, 0 if none */
+    size_t bias_offset, n_bias;
+    float *col;              /* conv2d: forward im2col, kept for backward */
+    size_t col_size;         /* its length in floats */
+} cfx_layer;
+
+/* Spare floats after the gradients: the trainer sends per-step statistics
+ * (loss, correct predictions, flags) through the same allreduce. */
+#define CFX_GRAD_TAIL 4
+
+typedef struct {
+    int n_layers;
+    cfx_layer layers[CFX_MAX_LAYERS];
+    int in_c, in_h, in_w;
+    int n_classes;
+    size_t n_params;
+    float *params;
+    float *grads;                      /* n_params + CFX_GRAD_TAIL floats */
+    int max_batch;
+    int input_grad;                    /* compute dacts[0] (saliency) */
+    float *acts[CFX_MAX_LAYERS + 1];   /* acts[0] input, acts[i+1] output of layer i */
+    float *dacts[CFX_MAX_LAYERS + 1];  /* their gradients */
+    float *dcol;                       /* shared conv backward workspace */
+} cfx_model;
+
+/* Builds the model for images in_c x in_h x in_w and mini-batches of up to
+ * max_batch images; checks that the layer list fits together and ends in a
+ * flat output. Parameters are zero until cfx_model_init_params. */
+int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int in_c, int in_h,
+                     int in_w, int max_batch, int input_grad, cfx_error *err);
+void cfx_model_free(cfx_model *m);
+
+/* PyTorch's default init: weights kaiming_uniform(a = sqrt 5) and biases
+ * U(+-1/sqrt(fan_in)), i.e. all U(+-1/sqrt(fan_in)). */
+void cfx_model_init_params(cfx_model *m, uint64_t seed);
+
+/* Forward pass of n <= max_batch images from acts[0] ([C][N][H][W]).
+ * Returns the logits [n][n_classes]. */
+const float *cfx_model_forward(cfx_model *m, int n);
+
+/* Backward pass from dacts[n_layers] (the loss gradient of the logits);
+ * overwrites grads (zero when n = 0) and, with input_grad, dacts[0]. */
+void cfx_model_backward(cfx_model *m, int n);
+
+/* PyTorch state_dict name of layer i's parameter: "<i>.weight" / "<i>.bias". */
+void cfx_param_name(char *buf, size_t len, int layer, int is_bias);
+
+/* Human-readable one-line summary of each layer (to stdout). */
+void cfx_model_print(const cfx_model *m, FILE *out);
+
+/* Multiply-adds of one image's forward pass, times 2 (FLOPs). */
+double cfx_model_forward_flops(const cfx_model *m);
+
+#endif

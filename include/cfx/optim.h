@@ -1,0 +1,30 @@
+/* Optimizers over the flat parameter buffer, matching torch.optim. */
+#ifndef CFX_OPTIM_H
+#define CFX_OPTIM_H
+
+#include <stddef.h>
+
+#include "cfx/common.h" /* defines: cfx_error */
+#include "cfx/config.h" /* defines: cfx_config */
+
+typedef enum { CFX_OPTIM_ADAM, CFX_OPTIM_SGD } cfx_optim_kind;
+
+typedef struct {
+    cfx_optim_kind kind;
+    double lr, beta1, beta2, eps, momentum, weight_decay;
+    int nesterov;
+    size_t n;
+    long step;   /* updates done so far */
+    float *m;    /* Adam: first moment (exp_avg); SGD: momentum buffer */
+    float *v;    /* Adam: second moment (exp_avg_sq); SGD: NULL */
+} cfx_optim;
+
+/* Optimizer named by cfg->optim_name for n parameters, state zeroed. */
+int cfx_optim_create(cfx_optim *opt, const cfx_config *cfg, size_t n, cfx_error *err);
+void cfx_optim_free(cfx_optim *opt);
+
+/* One update of params from grads (torch.optim.Adam / torch.optim.SGD with
+ * dampening 0 and maximize false). */
+void cfx_optim_step(cfx_optim *opt, float *params, const float *grads);
+
+#endif

@@ -1,0 +1,52 @@
+/* The training program's building blocks: BLAS setup, evaluation and the
+ * data-parallel training loop. */
+#ifndef CFX_TRAIN_H
+#define CFX_TRAIN_H
+
+#include "cfx/common.h" /* defines: cfx_error */
+#include "cfx/config.h" /* defines: cfx_config */
+#include "cfx/data.h"   /* defines: cfx_dataset */
+#include "cfx/dist.h"   /* defines: cfx_dist */
+#include "cfx/nn.h"     /* defines: cfx_model */
+
+/* Exit codes of cfx-train (documented in the README). */
+enum {
+    CFX_EXIT_OK = 0,
+    CFX_EXIT_FAILURE = 1, /* bad data, I/O error, divergence */
+    CFX_EXIT_USAGE = 2,   /* bad command line or config */
+};
+
+/* OpenBLAS 0.3.21 does not know some recent CPUs and falls back to its
+ * slowest kernels ("Prescott"). If so, and OPENBLAS_CORETYPE is unset, this
+ * sets it to the best core the CPU supports and re-executes the program, so
+ * the library loads with fast kernels. Call first thing in main, before
+ * MPI_Init. Set CFX_KEEP_BLAS_CORE=1 to disable. */
+void cfx_blas_select_kernels(char **argv);
+
+/* Sets the OpenBLAS threads of this rank: runtime.blas_threads if set, else
+ * $CFX_BLAS_THREADS, else cores of the node / ranks on the node. */
+int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d);
+const char *cfx_blas_core(void);
+
+typedef struct {
+    int n;
+    double loss;     /* mean cross-entropy */
+    double accuracy; /* share of correct argmax predictions */
+} cfx_eval_result;
+
+/* Forward passes over ds[indices[0..n)] in chunks of at most m->max_batch
+ * images without augmentation. predictions (n ints) and probs (n x classes
+ * floats) may be NULL. */
+void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
+                  cfx_eval_result *result, int *predictions, float *probs);
+
+typedef struct {
+    int quiet; /* rank 0 prints nothing but errors */
+} cfx_train_options;
+
+/* Trains the model of cfg on this rank's share; rank 0 validates, logs and
+ * reports the test accuracy of the best weights. Every rank returns the same
+ * status; err is filled on the rank(s) that failed. */
+int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, cfx_error *err);
+
+#endif

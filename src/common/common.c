@@ -1,0 +1,70 @@
+/* Error messages, checked allocation, directories and clocks. */
+#include "cfx/common.h" /* defines: cfx_fail, cfx_malloc_check, cfx_mkdir_p, cfx_now */
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+int cfx_fail(cfx_error *err, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+void *cfx_malloc_check(size_t size, const char *file, int line)
+{
+    void *p = malloc(size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "cfx: out of memory allocating %zu bytes at %s:%d\n", size, file, line);
+        abort();
+    }
+    return p;
+}
+
+void *cfx_calloc_check(size_t count, size_t size, const char *file, int line)
+{
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "cfx: out of memory allocating %zu x %zu bytes at %s:%d\n", count, size,
+                file, line);
+        abort();
+    }
+    return p;
+}
+
+int cfx_mkdir_p(const char *path, cfx_error *err)
+{
+    char buf[4096];
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof buf)
+        return cfx_fail(err, "%s: invalid directory path", path);
+    memcpy(buf, path, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        char saved = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return cfx_fail(err, "%s: cannot create directory: %s", buf, strerror(errno));
+        struct stat st;
+        if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode))
+            return cfx_fail(err, "%s: exists and is not a directory", buf);
+        buf[i] = saved;
+    }
+    return 0;
+}
+
+double cfx_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

@@ -1,0 +1,542 @@
+/* INI configuration: key table, parsing, validation and formatting. */
+#include "cfx/config.h" /* defines: cfx_config, cfx_config_load, cfx_parse_layers */
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { KEY_INT, KEY_LONG, KEY_U64, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_LAYERS } key_type;
+
+typedef struct {
+    const char *section;
+    const char *name;
+    key_type type;
+    size_t offset;
+    size_t size;       /* strings: buffer size */
+    double min, max;   /* numbers: inclusive range */
+    const char *choices; /* strings: '|'-separated allowed values, or NULL */
+    const char *def;   /* default as text; NULL = required */
+    const char *help;
+} key_def;
+
+#define FIELD(f) offsetof(cfx_config, f), sizeof(((cfx_config *)0)->f)
+
+static const key_def KEYS[] = {
+    {"data", "dir", KEY_STRING, FIELD(data_dir), 0, 0, NULL, NULL,
+     "folder with data_batch_1..5.bin and test_batch.bin (CIFAR-10 binary version)"},
+    {"data", "train_limit", KEY_LONG, FIELD(train_limit), 0, 1e9, NULL, "0",
+     "use only the first K images of the training split (0 = all)"},
+    {"data", "val_limit", KEY_LONG, FIELD(val_limit), 0, 1e9, NULL, "0",
+     "use only the first K images of the validation split (0 = all)"},
+    {"data", "val_size", KEY_LONG, FIELD(val_size), 1, 49999, NULL, "5000",
+     "images of the 50,000 held out for validation"},
+    {"data", "split_seed", KEY_U64, FIELD(split_seed), 0, 0, NULL, "42",
+     "seed of the fixed train/validation permutation"},
+    {"data", "augment", KEY_BOOL, FIELD(augment), 0, 1, NULL, "true",
+     "RandomCrop(32, padding 4) and horizontal flip on training images"},
+    {"train", "epochs", KEY_INT, FIELD(epochs), 1, 100000, NULL, NULL, "number of epochs"},
+    {"train", "batch_size", KEY_INT, FIELD(batch_size), 1, 65536, NULL, NULL,
+     "global mini-batch size, split across all ranks"},
+    {"train", "seed", KEY_U64, FIELD(seed), 0, 0, NULL, "1",
+     "seed of weight init, shuffling and augmentation"},
+    {"train", "eval_batch_size", KEY_INT, FIELD(eval_batch_size), 1, 4096, NULL, "100",
+     "batch size of validation and test passes"},
+    {"optim", "name", KEY_STRING, FIELD(optim_name), 0, 0, "adam|sgd", NULL, "optimizer: adam or sgd"},
+    {"optim", "lr", KEY_DOUBLE, FIELD(lr), 0, 1e6, NULL, NULL, "learning rate (> 0)"},
+    {"optim", "beta1", KEY_DOUBLE, FIELD(beta1), 0, 0.999999, NULL, "0.9", "Adam beta1"},
+    {"optim", "beta2", KEY_DOUBLE, FIELD(beta2), 0, 0.99999999, NULL, "0.999", "Adam beta2"},
+    {"optim", "eps", KEY_DOUBLE, FIELD(eps), 0, 1, NULL, "1e-8", "Adam epsilon"},
+    {"optim", "momentum", KEY_DOUBLE, FIELD(momentum), 0, 0.999999, NULL, "0.9", "SGD momentum"},
+    {"optim", "weight_decay", KEY_DOUBLE, FIELD(weight_decay), 0, 1, NULL, "0",
+     "L2 penalty added to the gradient (as torch.optim)"},
+    {"optim", "nesterov", KEY_BOOL, FIELD(nesterov), 0, 1, NULL, "false", "SGD Nesterov momentum"},
+    {"model", "layers", KEY_LAYERS, 0, 0, 0, 0, NULL, NULL,
+     "layer list, one per line or ';'-separated: conv2d out=N kernel=K [stride=S] [padding=P] | "
+     "relu | maxpool2d kernel=K [stride=S] | flatten | linear out=N"},
+    {"output", "dir", KEY_STRING, FIELD(output_dir), 0, 0, NULL, NULL,
+     "run directory: logs/ and checkpoints/ are written here"},
+    {"runtime", "blas_threads", KEY_INT, FIELD(blas_threads), 0, 1024, NULL, "0",
+     "OpenBLAS threads per rank (0 = cores of the node / ranks on the node)"},
+};
+#define N_KEYS (sizeof KEYS / sizeof KEYS[0])
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static int edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return 99;
+    int d[64][64];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = (int)j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            int sub = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            int del = d[i - 1][j] + 1, ins = d[i][j - 1] + 1;
+            d[i][j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+    return d[la][lb];
+}
+
+static const key_def *find_key(const char *section, const char *name)
+{
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (strcmp(KEYS[i].section, section) == 0 && strcmp(KEYS[i].name, name) == 0)
+            return &KEYS[i];
+    return NULL;
+}
+
+static int unknown_key(const char *where, const char *section, const char *name, cfx_error *err)
+{
+    char full[160], best[160] = "";
+    snprintf(full, sizeof full, "%s.%s", section, name);
+    int best_d = 99;
+    for (size_t i = 0; i < N_KEYS; i++) {
+        char cand[160];
+        snprintf(cand, sizeof cand, "%s.%s", KEYS[i].section, KEYS[i].name);
+        int d = edit_distance(full, cand);
+        if (d < best_d) {
+            best_d = d;
+            snprintf(best, sizeof best, "%s", cand);
+        }
+    }
+    if (best_d <= 4)
+        return cfx_fail(err, "%sunknown config key '%s' (did you mean '%s'?)", where, full, best);
+    return cfx_fail(err, "%sunknown config key '%s'", where, full);
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+static int parse_long(const char *text, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end != '\0')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ---- layers ------------------------------------------------------------ */
+
+static int parse_layer(char *item, cfx_layer_spec *l, cfx_error *err)
+{
+    memset(l, 0, sizeof *l);
+    char *save = NULL;
+    char *type = strtok_r(item, " \t", &save);
+    int need_out = 0, need_kernel = 0;
+    if (strcmp(type, "conv2d") == 0) {
+        l->type = CFX_LAYER_CONV2D;
+        l->stride = 1;
+        need_out = need_kernel = 1;
+    } else if (strcmp(type, "relu") == 0) {
+        l->type = CFX_LAYER_RELU;
+    } else if (strcmp(type, "maxpool2d") == 0) {
+        l->type = CFX_LAYER_MAXPOOL2D;
+        need_kernel = 1;
+    } else if (strcmp(type, "flatten") == 0) {
+        l->type = CFX_LAYER_FLATTEN;
+    } else if (strcmp(type, "linear") == 0) {
+        l->type = CFX_LAYER_LINEAR;
+        need_out = 1;
+    } else {
+        return cfx_fail(err, "model.layers: unknown layer type '%s' (expected conv2d, relu, "
+                             "maxpool2d, flatten or linear)", type);
+    }
+    for (char *opt; (opt = strtok_r(NULL, " \t", &save));) {
+        char *eq = strchr(opt, '=');
+        long v;
+        if (!eq || parse_long(eq + 1, &v) != 0 || v < 0 || v > 65536)
+            return cfx_fail(err, "model.layers: %s: bad option '%s' (expected name=integer)",
+                            type, opt);
+        *eq = '\0';
+        int *field = NULL;
+        if (strcmp(opt, "out") == 0 && need_out)
+            field = l->type == CFX_LAYER_LINEAR ? &l->out_features : &l->out_channels;
+        else if (strcmp(opt, "kernel") == 0 && need_kernel)
+            field = &l->kernel;
+        else if (strcmp(opt, "stride") == 0 && need_kernel)
+            field = &l->stride;
+        else if (strcmp(opt, "padding") == 0 && l->type == CFX_LAYER_CONV2D)
+            field = &l->padding;
+        if (!field)
+            return cfx_fail(err, "model.layers: %s has no option '%s'", type, opt);
+        *field = (int)v;
+    }
+    if (need_out && (l->type == CFX_LAYER_LINEAR ? l->out_features : l->out_channels) <= 0)
+        return cfx_fail(err, "model.layers: %s needs out=N with N >= 1", type);
+    if (need_kernel && l->kernel <= 0)
+        return cfx_fail(err, "model.layers: %s needs kernel=K with K >= 1", type);
+    if (l->type == CFX_LAYER_MAXPOOL2D && l->stride == 0)
+        l->stride = l->kernel;
+    if (need_kernel && l->stride <= 0)
+        return cfx_fail(err, "model.layers: %s needs stride >= 1", type);
+    return 0;
+}
+
+int cfx_parse_layers(const char *text, cfx_layer_spec *layers, int *n_layers, cfx_error *err)
+{
+    char *copy = cfx_malloc(strlen(text) + 1);
+    strcpy(copy, text);
+    int n = 0, rc = 0;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ";\n", &save); item; item = strtok_r(NULL, ";\n", &save)) {
+        item = trim(item);
+        if (*item == '\0')
+            continue;
+        if (n == CFX_MAX_LAYERS) {
+            rc = cfx_fail(err, "model.layers: more than %d layers", CFX_MAX_LAYERS);
+            break;
+        }
+        if ((rc = parse_layer(item, &layers[n], err)) != 0)
+            break;
+        n++;
+    }
+    free(copy);
+    if (rc == 0 && n == 0)
+        rc = cfx_fail(err, "model.layers: the layer list is empty");
+    if (rc == 0)
+        *n_layers = n;
+    return rc;
+}
+
+void cfx_layer_spec_format(const cfx_layer_spec *l, char *buf, size_t len)
+{
+    switch (l->type) {
+    case CFX_LAYER_CONV2D:
+        snprintf(buf, len, "conv2d out=%d kernel=%d stride=%d padding=%d", l->out_channels,
+                 l->kernel, l->stride, l->padding);
+        break;
+    case CFX_LAYER_RELU: snprintf(buf, len, "relu"); break;
+    case CFX_LAYER_MAXPOOL2D:
+        snprintf(buf, len, "maxpool2d kernel=%d stride=%d", l->kernel, l->stride);
+        break;
+    case CFX_LAYER_FLATTEN: snprintf(buf, len, "flatten"); break;
+    case CFX_LAYER_LINEAR: snprintf(buf, len, "linear out=%d", l->out_features); break;
+    }
+}
+
+/* ---- setting values ----------------------------------------------------- */
+
+static int set_value(cfx_config *cfg, const key_def *k, const char *raw, cfx_error *err)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", raw);
+    char *v = trim(buf);
+    char *field = (char *)cfg + k->offset;
+    char name[96];
+    snprintf(name, sizeof name, "%s.%s", k->section, k->name);
+    switch (k->type) {
+    case KEY_INT:
+    case KEY_LONG: {
+        long x;
+        if (parse_long(v, &x) != 0)
+            return cfx_fail(err, "%s: '%s' is not an integer", name, v);
+        if (x < (long)k->min || x > (long)k->max)
+            return cfx_fail(err, "%s: %ld is out of range [%ld, %ld]", name, x, (long)k->min,
+                            (long)k->max);
+        if (k->type == KEY_INT)
+            *(int *)field = (int)x;
+        else
+            *(long *)field = x;
+        return 0;
+    }
+    case KEY_U64: {
+        char *end;
+        errno = 0;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (errno || end == v || *end != '\0' || v[0] == '-')
+            return cfx_fail(err, "%s: '%s' is not a non-negative integer", name, v);
+        *(uint64_t *)field = (uint64_t)x;
+        return 0;
+    }
+    case KEY_DOUBLE: {
+        char *end;
+        errno = 0;
+        double x = strtod(v, &end);
+        if (errno || end == v || *end != '\0' || !isfinite(x))
+            return cfx_fail(err, "%s: '%s' is not a number", name, v);
+        int lr_like = strcmp(k->name, "lr") == 0;
+        if (x < k->min || x > k->max || (lr_like && x <= 0))
+            return cfx_fail(err, "%s: %g is out of range %s%g, %g]", name, x,
+                            lr_like ? "(" : "[", k->min, k->max);
+        *(double *)field = x;
+        return 0;
+    }
+    case KEY_BOOL:
+        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes") || !strcmp(v, "on"))
+            *(int *)field = 1;
+        else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no") || !strcmp(v, "off"))
+            *(int *)field = 0;
+        else
+            return cfx_fail(err, "%s: '%s' is not a boolean (true or false)", name, v);
+        return 0;
+    case KEY_STRING: {
+        if (*v == '\0')
+            return cfx_fail(err, "%s: empty value", name);
+        if (strlen(v) >= k->size)
+            return cfx_fail(err, "%s: value longer than %zu characters", name, k->size - 1);
+        if (k->choices) {
+            char opts[128];
+            snprintf(opts, sizeof opts, "%s", k->choices);
+            int ok = 0;
+            char *save = NULL;
+            for (char *c = strtok_r(opts, "|", &save); c; c = strtok_r(NULL, "|", &save))
+                ok |= strcmp(c, v) == 0;
+            if (!ok)
+                return cfx_fail(err, "%s: '%s' is not one of %s", name, v, k->choices);
+        }
+        strcpy(field, v);
+        return 0;
+    }
+    case KEY_LAYERS:
+        return cfx_parse_layers(v, cfg->layers, &cfg->n_layers, err);
+    }
+    return cfx_fail(err, "%s: internal error: unknown key type", name);
+}
+
+void cfx_config_defaults(cfx_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (KEYS[i].def)
+            set_value(cfg, &KEYS[i], KEYS[i].def, NULL);
+}
+
+int cfx_config_set(cfx_config *cfg, const char *dotted, const char *value, cfx_error *err)
+{
+    char section[64], name[64];
+    const char *dot = strchr(dotted, '.');
+    if (!dot || dot == dotted || (size_t)(dot - dotted) >= sizeof section ||
+        strlen(dot + 1) >= sizeof name || dot[1] == '\0')
+        return cfx_fail(err, "--set %s: expected section.key=value", dotted);
+    memcpy(section, dotted, (size_t)(dot - dotted));
+    section[dot - dotted] = '\0';
+    strcpy(name, dot + 1);
+    const key_def *k = find_key(section, name);
+    if (!k)
+        return unknown_key("--set: ", section, name, err);
+    return set_value(cfg, k, value, err);
+}
+
+/* ---- reading a file ----------------------------------------------------- */
+
+typedef struct {
+    cfx_config *cfg;
+    const char *path;
+    FILE *file;
+    int lineno;            /* line last read; this libinih passes no line numbers */
+    unsigned char seen[N_KEYS];
+    const key_def *prev;   /* key of the previous handler call, for continuations */
+    char *layers_text;     /* model.layers accumulates over continuation lines */
+    int failed;
+    cfx_error *err;
+} parse_ctx;
+
+static char *read_line(char *str, int num, void *stream)
+{
+    parse_ctx *ctx = stream;
+    char *line = fgets(str, num, ctx->file);
+    if (line)
+        ctx->lineno++;
+    return line;
+}
+
+static int on_ini_entry(void *user, const char *section, const char *name, const char *value)
+{
+    parse_ctx *ctx = user;
+    int lineno = ctx->lineno;
+    if (ctx->failed)
+        return 0;
+    char where[CFX_PATH_LEN + 32];
+    snprintf(where, sizeof where, "%s:%d: ", ctx->path, lineno);
+    const key_def *k = find_key(section, name);
+    if (!k) {
+        unknown_key(where, section, name, ctx->err);
+        ctx->failed = 1;
+        return 0;
+    }
+    size_t idx = (size_t)(k - KEYS);
+    if (k->type == KEY_LAYERS) {
+        /* The first line of the key starts a new list; continuation lines add to it. */
+        size_t old = (ctx->prev == k && ctx->layers_text) ? strlen(ctx->layers_text) : 0;
+        char *grown = realloc(old ? ctx->layers_text : NULL, old + strlen(value) + 2);
+        if (!grown)
+            abort();
+        if (!old) {
+            free(ctx->layers_text);
+            grown[0] = '\0';
+        }
+        strcat(grown, "\n");
+        strcat(grown, value);
+        ctx->layers_text = grown;
+    } else {
+        if (ctx->seen[idx]) {
+            cfx_fail(ctx->err, "%s%s.%s is given twice", where, section, name);
+            ctx->failed = 1;
+            return 0;
+        }
+        cfx_error e;
+        if (set_value(ctx->cfg, k, value, &e) != 0) {
+            cfx_fail(ctx->err, "%s%s", where, e.msg);
+            ctx->failed = 1;
+            return 0;
+        }
+    }
+    ctx->seen[idx] = 1;
+    ctx->prev = k;
+    return 1;
+}
+
+int cfx_config_load(cfx_config *cfg, const char *path, int n_overrides,
+                    const char *const *overrides, cfx_error *err)
+{
+    cfx_config_defaults(cfg);
+    parse_ctx ctx = {.cfg = cfg, .path = path, .err = err};
+    ctx.file = fopen(path, "r");
+    if (!ctx.file)
+        return cfx_fail(err, "%s: cannot open config: %s", path, strerror(errno));
+    int rc = ini_parse_stream(read_line, &ctx, on_ini_entry, &ctx);
+    fclose(ctx.file);
+    if (ctx.failed) {
+        free(ctx.layers_text);
+        return -1;
+    }
+    if (rc != 0) {
+        free(ctx.layers_text);
+        return cfx_fail(err, "%s:%d: syntax error (expected 'key = value' or '[section]', "
+                             "lines of at most %d characters)", path, rc, INI_MAX_LINE - 2);
+    }
+    if (ctx.layers_text) {
+        cfx_error e;
+        rc = cfx_parse_layers(ctx.layers_text, cfg->layers, &cfg->n_layers, &e);
+        free(ctx.layers_text);
+        if (rc != 0)
+            return cfx_fail(err, "%s: %s", path, e.msg);
+    }
+    for (int i = 0; i < n_overrides; i++) {
+        const char *eq = strchr(overrides[i], '=');
+        if (!eq)
+            return cfx_fail(err, "--set %s: expected section.key=value", overrides[i]);
+        char key[160];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - overrides[i]), overrides[i]);
+        if (cfx_config_set(cfg, trim(key), eq + 1, err) != 0)
+            return -1;
+        const char *dot = strchr(key, '.');
+        if (dot) {
+            char section[64];
+            snprintf(section, sizeof section, "%.*s", (int)(dot - key), key);
+            const key_def *k = find_key(section, dot + 1);
+            if (k)
+                ctx.seen[k - KEYS] = 1;
+        }
+    }
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (!KEYS[i].def && !ctx.seen[i])
+            return cfx_fail(err, "%s: missing required key %s.%s (%s)", path, KEYS[i].section,
+                            KEYS[i].name, KEYS[i].help);
+    return 0;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(*buf + *len, *cap - *len, fmt, ap);
+        va_end(ap);
+        if (n >= 0 && (size_t)n < *cap - *len) {
+            *len += (size_t)n;
+            return;
+        }
+        *cap = *cap * 2 + (size_t)(n > 0 ? n : 0);
+        char *grown = realloc(*buf, *cap);
+        if (!grown)
+            abort();
+        *buf = grown;
+    }
+}
+
+static void format_value(const cfx_config *cfg, const key_def *k, char **buf, size_t *len,
+                         size_t *cap)
+{
+    const char *field = (const char *)cfg + k->offset;
+    switch (k->type) {
+    case KEY_INT: append(buf, len, cap, "%d", *(const int *)field); break;
+    case KEY_LONG: append(buf, len, cap, "%ld", *(const long *)field); break;
+    case KEY_U64:
+        append(buf, len, cap, "%llu", (unsigned long long)*(const uint64_t *)field);
+        break;
+    case KEY_DOUBLE: append(buf, len, cap, "%.17g", *(const double *)field); break;
+    case KEY_BOOL: append(buf, len, cap, "%s", *(const int *)field ? "true" : "false"); break;
+    case KEY_STRING: append(buf, len, cap, "%s", field); break;
+    case KEY_LAYERS:
+        for (int i = 0; i < cfg->n_layers; i++) {
+            char layer[128];
+            cfx_layer_spec_format(&cfg->layers[i], layer, sizeof layer);
+            append(buf, len, cap, "%s%s", i ? "\n    " : "", layer);
+        }
+        break;
+    }
+}
+
+static char *write_ini(const cfx_config *cfg, int reference)
+{
+    size_t len = 0, cap = 2048;
+    char *buf = cfx_malloc(cap);
+    buf[0] = '\0';
+    if (reference)
+        append(&buf, &len, &cap,
+               "# Every cfx-train config key with its default and meaning.\n"
+               "# Keys marked (required) have no default. Override any key on the command\n"
+               "# line with --set section.key=value.\n");
+    const char *section = "";
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const key_def *k = &KEYS[i];
+        if (strcmp(section, k->section) != 0) {
+            section = k->section;
+            append(&buf, &len, &cap, "%s[%s]\n", len ? "\n" : "", section);
+        }
+        if (reference) {
+            append(&buf, &len, &cap, "# %s%s\n", k->help, k->def ? "" : " (required)");
+            if (!k->def) {
+                append(&buf, &len, &cap, "# %s =\n", k->name);
+                continue;
+            }
+        }
+        append(&buf, &len, &cap, "%s = ", k->name);
+        format_value(cfg, k, &buf, &len, &cap);
+        append(&buf, &len, &cap, "\n");
+    }
+    return buf;
+}
+
+char *cfx_config_to_ini(const cfx_config *cfg) { return write_ini(cfg, 0); }
+
+char *cfx_config_reference(void)
+{
+    cfx_config cfg;
+    cfx_config_defaults(&cfg);
+    return write_ini(&cfg, 1);
+}

@@ -1,0 +1,58 @@
+/* Mini-batch assembly: normalisation, RandomCrop + flip, network layout. */
+#include "cfx/data.h" /* defines: cfx_batch_fill, cfx_augment_draw */
+
+#include <string.h>
+
+#include "cfx/rng.h" /* defines: cfx_hash3 */
+
+const float CFX_CIFAR10_MEAN[CFX_IMAGE_CHANNELS] = {0.4914f, 0.4822f, 0.4465f};
+const float CFX_CIFAR10_STD[CFX_IMAGE_CHANNELS] = {0.2470f, 0.2435f, 0.2616f};
+
+void cfx_augment_draw(const cfx_augment *aug, int index, int *dy, int *dx, int *flip)
+{
+    uint64_t r = cfx_hash3(aug->seed ^ 0x4155474DULL /* "AUGM" */, (uint64_t)aug->epoch,
+                           (uint64_t)index);
+    int span = 2 * CFX_CROP_PADDING + 1;
+    *dy = (int)(r % (uint64_t)span);
+    *dx = (int)((r >> 16) % (uint64_t)span);
+    *flip = (int)((r >> 32) & 1);
+}
+
+void cfx_batch_fill(float *out, int *labels, const cfx_dataset *ds, const int *indices, int n,
+                    const cfx_augment *aug)
+{
+    enum { S = CFX_IMAGE_SIZE, P = CFX_CROP_PADDING, HW = S * S };
+    /* (x / 255 - mean) / std for every byte value, as ToTensor + Normalize. */
+    float lut[CFX_IMAGE_CHANNELS][256];
+    for (int c = 0; c < CFX_IMAGE_CHANNELS; c++)
+        for (int v = 0; v < 256; v++)
+            lut[c][v] = ((float)v / 255.0f - CFX_CIFAR10_MEAN[c]) / CFX_CIFAR10_STD[c];
+
+    for (int i = 0; i < n; i++) {
+        int idx = indices[i];
+        const uint8_t *px = cfx_dataset_pixels(ds, idx);
+        labels[i] = cfx_dataset_label(ds, idx);
+        int dy = P, dx = P, flip = 0;
+        if (aug && aug->enabled)
+            cfx_augment_draw(aug, idx, &dy, &dx, &flip);
+        for (int c = 0; c < CFX_IMAGE_CHANNELS; c++) {
+            const uint8_t *plane = px + c * HW;
+            float *dst = out + ((size_t)c * (size_t)n + (size_t)i) * HW;
+            const float *l = lut[c];
+            for (int y = 0; y < S; y++) {
+                int sy = y + dy - P; /* source row in the unpadded image */
+                float *row = dst + y * S;
+                if (sy < 0 || sy >= S) {
+                    for (int x = 0; x < S; x++)
+                        row[x] = l[0]; /* zero padding is a black pixel */
+                    continue;
+                }
+                for (int x = 0; x < S; x++) {
+                    int ox = flip ? S - 1 - x : x; /* flip after the crop */
+                    int sx = ox + dx - P;
+                    row[x] = (sx < 0 || sx >= S) ? l[0] : l[plane[sy * S + sx]];
+                }
+            }
+        }
+    }
+}

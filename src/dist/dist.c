@@ -1,0 +1,67 @@
+/* MPI data parallelism; see include/cfx/dist.h. */
+#include <limits.h>
+#include <mpi.h>
+
+#include "cfx/common.h" /* defines: cfx_now */
+#include "cfx/dist.h"   /* defines: cfx_dist, cfx_dist_slice, cfx_dist_allreduce_sum */
+
+void cfx_dist_init(cfx_dist *d, int *argc, char ***argv)
+{
+    int initialised = 0;
+    MPI_Initialized(&initialised);
+    if (!initialised)
+        MPI_Init(argc, argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &d->size);
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &d->local_rank);
+    MPI_Comm_size(node, &d->local_size);
+    MPI_Comm_free(&node);
+    d->allreduce_seconds = 0.0;
+}
+
+void cfx_dist_finalize(void)
+{
+    int finalised = 0;
+    MPI_Finalized(&finalised);
+    if (!finalised)
+        MPI_Finalize();
+}
+
+void cfx_dist_slice(int n, int rank, int size, int *start, int *count)
+{
+    int base = n / size, extra = n % size;
+    *count = base + (rank < extra);
+    *start = rank * base + (rank < extra ? rank : extra);
+}
+
+void cfx_dist_allreduce_sum(cfx_dist *d, float *buf, size_t n)
+{
+    double t0 = cfx_now();
+    while (n > 0) {
+        int chunk = n > (size_t)INT_MAX ? INT_MAX : (int)n;
+        MPI_Allreduce(MPI_IN_PLACE, buf, chunk, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        buf += chunk;
+        n -= (size_t)chunk;
+    }
+    d->allreduce_seconds += cfx_now() - t0;
+}
+
+void cfx_dist_bcast(void *buf, size_t bytes)
+{
+    char *p = buf;
+    while (bytes > 0) {
+        int chunk = bytes > (size_t)INT_MAX ? INT_MAX : (int)bytes;
+        MPI_Bcast(p, chunk, MPI_BYTE, 0, MPI_COMM_WORLD);
+        p += chunk;
+        bytes -= (size_t)chunk;
+    }
+}
+
+int cfx_dist_all_ok(int ok)
+{
+    int mine = ok != 0, all = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    return all;
+}

@@ -1,0 +1,49 @@
+/* OpenBLAS kernel selection and thread count. */
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "cfx/train.h" /* defines: cfx_blas_select_kernels, cfx_blas_setup */
+
+void cfx_blas_select_kernels(char **argv)
+{
+    if (getenv("OPENBLAS_CORETYPE") || getenv("CFX_KEEP_BLAS_CORE"))
+        return;
+    if (strcasecmp(openblas_get_corename(), "prescott") != 0)
+        return; /* OpenBLAS recognised this CPU */
+    __builtin_cpu_init();
+    const char *core = NULL;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        core = "SkylakeX";
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        core = "Haswell";
+    else if (__builtin_cpu_supports("avx"))
+        core = "Sandybridge";
+    if (!core)
+        return;
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed: go on with the fallback kernels */
+    unsetenv("OPENBLAS_CORETYPE");
+}
+
+int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d)
+{
+    int threads = cfg->blas_threads;
+    const char *env = getenv("CFX_BLAS_THREADS");
+    if (threads <= 0 && env && atoi(env) > 0)
+        threads = atoi(env);
+    if (threads <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = (int)(cores / (d->local_size > 0 ? d->local_size : 1));
+        if (threads < 1)
+            threads = 1;
+    }
+    openblas_set_num_threads(threads);
+    return threads;
+}
+
+const char *cfx_blas_core(void) { return openblas_get_corename(); }
