@@ -45,7 +45,7 @@ static int metrics_append(metrics_log *log, int epoch, double train_loss, double
                           const cfx_eval_result *val, double lr, double ips, double seconds,
                           cfx_error *err)
 {
-    fprintf(log->csv, "%d,%.6f,%.6f,%.6f,%.6f,%g,%.1f,%.3f\n", epoch, train_loss, train_acc,
+    fprintf(log->csv, "%d,%.8f,%.6f,%.8f,%.6f,%g,%.1f,%.3f\n", epoch, train_loss, train_acc,
             val->loss, val->accuracy, lr, ips, seconds);
     if (fflush(log->csv) != 0 || ferror(log->csv))
         return cfx_fail(err, "%s: write failed: %s", log->path, strerror(errno));

@@ -1,0 +1,409 @@
+/* cfx against PyTorch: the seed CNN's forward pass, loss and gradients, and
+ * Adam/SGD steps, compared with fixtures written by
+ * tests/fixtures/make_reference.py (format documented there); also the
+ * parameter init distribution. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "cfx/config.h" /* defines: cfx_config, cfx_config_defaults, cfx_parse_layers */
+#include "cfx/nn.h"     /* defines: cfx_model, cfx_model_forward, cfx_model_backward */
+#include "cfx/optim.h"  /* defines: cfx_optim, cfx_optim_step */
+
+#define SEED_LAYERS                                                                      \
+    "conv2d out=16 kernel=3 padding=1; relu; maxpool2d kernel=2; "                       \
+    "conv2d out=32 kernel=3 padding=1; relu; maxpool2d kernel=2; "                       \
+    "conv2d out=64 kernel=3 padding=1; relu; maxpool2d kernel=2; flatten; linear out=10"
+
+/* Tolerances on max|cfx - torch| / max|torch| per tensor. */
+#define MODEL_TOL 1e-4
+#define OPTIM_TOL 1e-6
+
+/* ---- fixture reader ----------------------------------------------------- */
+
+#define FIX_MAX_DIMS 8
+
+typedef struct {
+    char name[64];
+    int ndim;
+    uint32_t dims[FIX_MAX_DIMS];
+    size_t n;    /* elements */
+    float *data;
+} fix_tensor;
+
+typedef struct {
+    int count;
+    fix_tensor *t;
+} fixture;
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Reads one fixture file; any malformed input fails the test. */
+static void fixture_load(fixture *fx, const char *file)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", CFX_TEST_FIXTURES, file);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = malloc((size_t)size);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)size, f), (size_t)size);
+    fclose(f);
+
+    size_t pos = 0, len = (size_t)size;
+#define NEED(k)                                                                          \
+    do {                                                                                 \
+        if (len - pos < (size_t)(k))                                                     \
+            fail_msg("%s: truncated at byte %zu", path, pos);                            \
+    } while (0)
+    NEED(8);
+    if (memcmp(buf, "CFXF", 4) != 0)
+        fail_msg("%s: not a fixture file (bad magic)", path);
+    fx->count = (int)get_u32(buf + 4);
+    pos = 8;
+    fx->t = calloc((size_t)fx->count, sizeof *fx->t);
+    assert_non_null(fx->t);
+    for (int i = 0; i < fx->count; i++) {
+        fix_tensor *t = &fx->t[i];
+        NEED(4);
+        uint32_t name_len = get_u32(buf + pos);
+        pos += 4;
+        NEED(name_len);
+        if (name_len >= sizeof t->name)
+            fail_msg("%s: record %d name too long", path, i);
+        memcpy(t->name, buf + pos, name_len);
+        pos += name_len;
+        NEED(4);
+        t->ndim = (int)get_u32(buf + pos);
+        pos += 4;
+        if (t->ndim > FIX_MAX_DIMS)
+            fail_msg("%s: %s has %d dims", path, t->name, t->ndim);
+        NEED(4 * t->ndim);
+        t->n = 1;
+        for (int d = 0; d < t->ndim; d++, pos += 4) {
+            t->dims[d] = get_u32(buf + pos);
+            t->n *= t->dims[d];
+        }
+        NEED(4 * t->n);
+        t->data = malloc((t->n ? t->n : 1) * sizeof(float));
+        assert_non_null(t->data);
+        for (size_t j = 0; j < t->n; j++, pos += 4) {
+            uint32_t bits = get_u32(buf + pos);
+            memcpy(&t->data[j], &bits, sizeof bits);
+        }
+    }
+#undef NEED
+    if (pos != len)
+        fail_msg("%s: %zu trailing bytes", path, len - pos);
+    free(buf);
+}
+
+static void fixture_free(fixture *fx)
+{
+    for (int i = 0; i < fx->count; i++)
+        free(fx->t[i].data);
+    free(fx->t);
+    memset(fx, 0, sizeof *fx);
+}
+
+/* The tensor called name; fails the test if absent. */
+static const fix_tensor *fixture_find(const fixture *fx, const char *name)
+{
+    for (int i = 0; i < fx->count; i++)
+        if (strcmp(fx->t[i].name, name) == 0)
+            return &fx->t[i];
+    fail_msg("fixture has no tensor '%s'", name);
+    return NULL;
+}
+
+/* The tensor called name, which must have n elements. */
+static const fix_tensor *fixture_get(const fixture *fx, const char *name, size_t n)
+{
+    const fix_tensor *t = fixture_find(fx, name);
+    if (t->n != n)
+        fail_msg("fixture %s: %zu elements, expected %zu", name, t->n, n);
+    return t;
+}
+
+/* max|got - want| / max|want| (absolute error if want is all zero). */
+static double rel_err(const float *got, const float *want, size_t n)
+{
+    double diff = 0.0, scale = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        if (!(d <= diff)) /* also catches NaN */
+            diff = d;
+        if (fabs((double)want[i]) > scale)
+            scale = fabs((double)want[i]);
+    }
+    return scale > 0.0 ? diff / scale : diff;
+}
+
+/* Prints and checks one tensor comparison; returns its error. */
+static double check_close(const char *what, const float *got, const float *want, size_t n,
+                          double tol)
+{
+    double e = rel_err(got, want, n);
+    printf("  %-22s %7zu values  worst rel err %.3g\n", what, n, e);
+    if (!(e <= tol))
+        fail_msg("%s: relative error %.3g exceeds %.1g", what, e, tol);
+    return e;
+}
+
+/* ---- the seed CNN -------------------------------------------------------- */
+
+static void make_seed_model(cfx_model *m, int batch)
+{
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n_specs = 0;
+    cfx_error err;
+    assert_int_equal(cfx_parse_layers(SEED_LAYERS, specs, &n_specs, &err), 0);
+    assert_int_equal(n_specs, 11);
+    if (cfx_model_create(m, specs, n_specs, 3, 32, 32, batch, 0, &err) != 0)
+        fail_msg("%s", err.msg);
+}
+
+static void test_seed_cnn_matches_torch(void **state)
+{
+    (void)state;
+    fixture fx;
+    fixture_load(&fx, "seed_cnn.bin");
+    cfx_model m;
+    const int N = 4, C = 3, H = 32, W = 32;
+    make_seed_model(&m, N);
+    assert_int_equal(m.n_classes, 10);
+
+    /* Parameters by state_dict name; every fixture parameter must be used. */
+    int n_param_tensors = 0;
+    for (int i = 0; i < m.n_layers; i++) {
+        const cfx_layer *L = &m.layers[i];
+        if (!L->n_weight)
+            continue;
+        char name[32];
+        cfx_param_name(name, sizeof name, i, 0);
+        memcpy(m.params + L->weight_offset, fixture_get(&fx, name, L->n_weight)->data,
+               L->n_weight * sizeof(float));
+        cfx_param_name(name, sizeof name, i, 1);
+        memcpy(m.params + L->bias_offset, fixture_get(&fx, name, L->n_bias)->data,
+               L->n_bias * sizeof(float));
+        n_param_tensors += 2;
+    }
+    int n_fixture_params = 0;
+    for (int i = 0; i < fx.count; i++)
+        if (strncmp(fx.t[i].name, "grad.", 5) == 0)
+            n_fixture_params++;
+    assert_int_equal(n_param_tensors, n_fixture_params);
+
+    /* NCHW fixture -> cfx's [C][N][H][W]. */
+    const fix_tensor *x = fixture_get(&fx, "input", (size_t)N * C * H * W);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++)
+            memcpy(m.acts[0] + ((size_t)c * N + n) * H * W, x->data + ((size_t)n * C + c) * H * W,
+                   (size_t)H * W * sizeof(float));
+    const fix_tensor *lab = fixture_get(&fx, "labels", (size_t)N);
+    int labels[4];
+    for (int n = 0; n < N; n++)
+        labels[n] = (int)lab->data[n];
+
+    printf("seed CNN vs torch (tolerance %.0e):\n", MODEL_TOL);
+    const float *logits = cfx_model_forward(&m, N);
+    check_close("logits", logits, fixture_get(&fx, "logits", (size_t)N * 10)->data,
+                (size_t)N * 10, MODEL_TOL);
+
+    double loss_sum = 0.0;
+    long correct = 0;
+    cfx_softmax_xent(logits, labels, N, 10, 1.0f / N, m.dacts[m.n_layers], &loss_sum, &correct);
+    float loss = (float)(loss_sum / N);
+    check_close("loss", &loss, fixture_get(&fx, "loss", 1)->data, 1, MODEL_TOL);
+
+    cfx_model_backward(&m, N);
+    for (int i = 0; i < m.n_layers; i++) {
+        const cfx_layer *L = &m.layers[i];
+        if (!L->n_weight)
+            continue;
+        for (int is_bias = 0; is_bias <= 1; is_bias++) {
+            char name[32], gname[40];
+            cfx_param_name(name, sizeof name, i, is_bias);
+            snprintf(gname, sizeof gname, "grad.%s", name);
+            size_t n = is_bias ? L->n_bias : L->n_weight;
+            const float *g = m.grads + (is_bias ? L->bias_offset : L->weight_offset);
+            check_close(gname, g, fixture_get(&fx, gname, n)->data, n, MODEL_TOL);
+        }
+    }
+    cfx_model_free(&m);
+    fixture_free(&fx);
+}
+
+/* ---- optimizers ------------------------------------------------------------ */
+
+#define OPT_STEPS 5
+
+typedef struct {
+    const char *name; /* record prefix in the fixture */
+    const char *optim;
+    double lr, beta1, beta2, eps, momentum, weight_decay;
+    int nesterov;
+} optim_case;
+
+static void run_optim_case(const fixture *fx, const optim_case *oc)
+{
+    /* The fixture's hyperparameters must be the ones configured here. */
+    char key[64];
+    snprintf(key, sizeof key, "%s.hparams", oc->name);
+    int is_adam = strcmp(oc->optim, "adam") == 0;
+    const fix_tensor *hp = fixture_get(fx, key, is_adam ? 5 : 4);
+    double want[5];
+    int n_hp = 0;
+    if (is_adam) {
+        want[n_hp++] = oc->lr, want[n_hp++] = oc->beta1, want[n_hp++] = oc->beta2;
+        want[n_hp++] = oc->eps, want[n_hp++] = oc->weight_decay;
+    } else {
+        want[n_hp++] = oc->lr, want[n_hp++] = oc->momentum, want[n_hp++] = oc->weight_decay;
+        want[n_hp++] = oc->nesterov;
+    }
+    for (int i = 0; i < n_hp; i++)
+        assert_true(hp->data[i] == (float)want[i]);
+
+    cfx_config cfg;
+    cfx_config_defaults(&cfg);
+    snprintf(cfg.optim_name, sizeof cfg.optim_name, "%s", oc->optim);
+    cfg.lr = oc->lr, cfg.beta1 = oc->beta1, cfg.beta2 = oc->beta2, cfg.eps = oc->eps;
+    cfg.momentum = oc->momentum, cfg.weight_decay = oc->weight_decay;
+    cfg.nesterov = oc->nesterov;
+
+    const fix_tensor *p0 = fixture_find(fx, "param");
+    size_t n = p0->n;
+    cfx_optim opt;
+    cfx_error err;
+    if (cfx_optim_create(&opt, &cfg, n, &err) != 0)
+        fail_msg("%s", err.msg);
+    float *p = malloc(n * sizeof *p);
+    assert_non_null(p);
+    memcpy(p, p0->data, n * sizeof *p);
+    printf("%s vs torch (tolerance %.0e):\n", oc->name, OPTIM_TOL);
+    for (int k = 1; k <= OPT_STEPS; k++) {
+        snprintf(key, sizeof key, "grad.%d", k);
+        cfx_optim_step(&opt, p, fixture_get(fx, key, n)->data);
+        snprintf(key, sizeof key, "%s.step.%d", oc->name, k);
+        check_close(key, p, fixture_get(fx, key, n)->data, n, OPTIM_TOL);
+    }
+    free(p);
+    cfx_optim_free(&opt);
+}
+
+static void test_adam_matches_torch(void **state)
+{
+    (void)state;
+    static const optim_case cases[] = {
+        {"adam", "adam", 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0},
+        {"adam_wd", "adam", 1e-3, 0.9, 0.999, 1e-8, 0.0, 1e-2, 0},
+    };
+    fixture fx;
+    fixture_load(&fx, "adam.bin");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        run_optim_case(&fx, &cases[i]);
+    fixture_free(&fx);
+}
+
+static void test_sgd_matches_torch(void **state)
+{
+    (void)state;
+    static const optim_case cases[] = {
+        {"sgd", "sgd", 1e-2, 0.0, 0.0, 0.0, 0.9, 5e-4, 0},
+        {"sgd_nesterov", "sgd", 1e-2, 0.0, 0.0, 0.0, 0.9, 5e-4, 1},
+    };
+    fixture fx;
+    fixture_load(&fx, "sgd.bin");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        run_optim_case(&fx, &cases[i]);
+    fixture_free(&fx);
+}
+
+/* ---- init distribution ------------------------------------------------------- */
+
+/* cfx_model_init_params draws U(+-1/sqrt(fan_in)) like torch: every value in
+ * range, mean ~0 and std ~bound/sqrt(3) on the big tensors, and torch's own
+ * init (the fixture) fills the same range. */
+static void test_init_distribution(void **state)
+{
+    (void)state;
+    fixture fx;
+    fixture_load(&fx, "seed_cnn.bin");
+    cfx_model m;
+    make_seed_model(&m, 1);
+    cfx_model_init_params(&m, 1);
+    printf("init U(+-bound) per tensor (cfx; torch max|w| for comparison):\n");
+    for (int i = 0; i < m.n_layers; i++) {
+        const cfx_layer *L = &m.layers[i];
+        if (!L->n_weight)
+            continue;
+        size_t fan_in = L->n_weight / L->n_bias;
+        double bound = 1.0 / sqrt((double)fan_in);
+        for (int is_bias = 0; is_bias <= 1; is_bias++) {
+            size_t n = is_bias ? L->n_bias : L->n_weight;
+            const float *p = m.params + (is_bias ? L->bias_offset : L->weight_offset);
+            double sum = 0.0, sq = 0.0, amax = 0.0;
+            for (size_t j = 0; j < n; j++) {
+                sum += p[j];
+                sq += (double)p[j] * p[j];
+                amax = fmax(amax, fabs(p[j]));
+            }
+            double mean = sum / n, sd = sqrt(sq / n - mean * mean);
+            double want_sd = bound / sqrt(3.0);
+            char name[32];
+            cfx_param_name(name, sizeof name, i, is_bias);
+            const fix_tensor *t = fixture_get(&fx, name, n);
+            double torch_max = 0.0;
+            for (size_t j = 0; j < n; j++)
+                torch_max = fmax(torch_max, fabs(t->data[j]));
+            printf("  %-10s n=%5zu bound %.4f  max %.4f  mean %+.5f  std/expected %.3f"
+                   "  torch max %.4f\n", name, n, bound, amax, mean, sd / want_sd, torch_max);
+            assert_true(amax <= bound * (1.0 + 1e-6));
+            assert_true(torch_max <= bound * (1.0 + 1e-6));
+            if (n >= 1000) {
+                /* Five standard errors; a uniform's sample std has relative
+                 * standard error 1/sqrt(5n). */
+                assert_true(fabs(mean) <= 5.0 * want_sd / sqrt((double)n));
+                assert_true(fabs(sd / want_sd - 1.0) <= 5.0 / sqrt(5.0 * n));
+                assert_true(amax >= 0.99 * bound);
+                assert_true(torch_max >= 0.99 * bound);
+            }
+        }
+    }
+    /* Deterministic in the seed, different across seeds. */
+    float *first = malloc(m.n_params * sizeof *first);
+    assert_non_null(first);
+    memcpy(first, m.params, m.n_params * sizeof *first);
+    cfx_model_init_params(&m, 1);
+    assert_memory_equal(first, m.params, m.n_params * sizeof *first);
+    cfx_model_init_params(&m, 2);
+    assert_memory_not_equal(first, m.params, m.n_params * sizeof *first);
+    free(first);
+    cfx_model_free(&m);
+    fixture_free(&fx);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_seed_cnn_matches_torch),
+        cmocka_unit_test(test_adam_matches_torch),
+        cmocka_unit_test(test_sgd_matches_torch),
+        cmocka_unit_test(test_init_distribution),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

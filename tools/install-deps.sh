@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what cfx needs to build, test and draw on Debian 12 (bookworm).
+set -euo pipefail
+packages=(
+    build-essential cmake pkg-config git
+    libopenmpi-dev openmpi-bin
+    libopenblas-dev
+    libhdf5-dev hdf5-tools
+    libinih-dev libcmocka-dev
+    libcairo2-dev libpango1.0-dev
+    shellcheck curl ca-certificates
+)
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${packages[@]}"
