@@ -343,10 +343,14 @@ typedef struct {
     const char *path;
     FILE *file;
     int lineno;            /* line last read; this libinih passes no line numbers */
+    int indented;          /* that line starts with blanks: a continuation line */
     unsigned char seen[N_KEYS];
     const key_def *prev;   /* key of the previous handler call, for continuations */
     char *layers_text;     /* model.layers accumulates over continuation lines */
     int failed;
+    int fail_line;         /* line of the handler's error */
+    int long_line;         /* a line too long for libinih's buffer: parsing stopped there */
+    int max_len;           /* the longest line libinih reads whole */
     cfx_error *err;
 } parse_ctx;
 
@@ -354,8 +358,26 @@ static char *read_line(char *str, int num, void *stream)
 {
     parse_ctx *ctx = stream;
     char *line = fgets(str, num, ctx->file);
-    if (line)
+    if (line) {
         ctx->lineno++;
+        /* libinih would read the rest of a longer line as a line of its own. */
+        size_t len = strlen(line);
+        if (num > 2 && len == (size_t)num - 1 && line[len - 1] != '\n') {
+            int c = getc(ctx->file);
+            if (c != EOF) {
+                ungetc(c, ctx->file);
+                ctx->long_line = ctx->lineno;
+                ctx->max_len = num - 2;
+                return NULL;
+            }
+        }
+        const char *s = line;
+        while (isspace((unsigned char)*s))
+            s++;
+        ctx->indented = s > line && *s;
+        if (*s == '[' && s == line)
+            ctx->prev = NULL; /* a new section ends any multi-line value */
+    }
     return line;
 }
 
@@ -371,9 +393,16 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
     if (!k) {
         unknown_key(where, section, name, ctx->err);
         ctx->failed = 1;
+        ctx->fail_line = lineno;
         return 0;
     }
     size_t idx = (size_t)(k - KEYS);
+    if (k->type == KEY_LAYERS && ctx->seen[idx] && !(ctx->prev == k && ctx->indented)) {
+        cfx_fail(ctx->err, "%s%s.%s is given twice", where, section, name);
+        ctx->failed = 1;
+        ctx->fail_line = lineno;
+        return 0;
+    }
     if (k->type == KEY_LAYERS) {
         /* The first line of the key starts a new list; continuation lines add to it. */
         size_t old = (ctx->prev == k && ctx->layers_text) ? strlen(ctx->layers_text) : 0;
@@ -391,12 +420,14 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
         if (ctx->seen[idx]) {
             cfx_fail(ctx->err, "%s%s.%s is given twice", where, section, name);
             ctx->failed = 1;
+            ctx->fail_line = lineno;
             return 0;
         }
         cfx_error e;
         if (set_value(ctx->cfg, k, value, &e) != 0) {
             cfx_fail(ctx->err, "%s%s", where, e.msg);
             ctx->failed = 1;
+            ctx->fail_line = lineno;
             return 0;
         }
     }
@@ -415,7 +446,8 @@ int cfx_config_load(cfx_config *cfg, const char *path, int n_overrides,
         return cfx_fail(err, "%s: cannot open config: %s", path, strerror(errno));
     int rc = ini_parse_stream(read_line, &ctx, on_ini_entry, &ctx);
     fclose(ctx.file);
-    if (ctx.failed) {
+    /* rc is the first bad line; report the handler's error only if it was that one. */
+    if (ctx.failed && (rc == 0 || rc >= ctx.fail_line)) {
         free(ctx.layers_text);
         return -1;
     }
@@ -423,6 +455,11 @@ int cfx_config_load(cfx_config *cfg, const char *path, int n_overrides,
         free(ctx.layers_text);
         return cfx_fail(err, "%s:%d: syntax error (expected 'key = value' or '[section]', "
                              "lines of at most %d characters)", path, rc, INI_MAX_LINE - 2);
+    }
+    if (ctx.long_line) {
+        free(ctx.layers_text);
+        return cfx_fail(err, "%s:%d: line longer than %d characters", path, ctx.long_line,
+                        ctx.max_len);
     }
     if (ctx.layers_text) {
         cfx_error e;
@@ -437,12 +474,13 @@ int cfx_config_load(cfx_config *cfg, const char *path, int n_overrides,
             return cfx_fail(err, "--set %s: expected section.key=value", overrides[i]);
         char key[160];
         snprintf(key, sizeof key, "%.*s", (int)(eq - overrides[i]), overrides[i]);
-        if (cfx_config_set(cfg, trim(key), eq + 1, err) != 0)
+        char *name = trim(key);
+        if (cfx_config_set(cfg, name, eq + 1, err) != 0)
             return -1;
-        const char *dot = strchr(key, '.');
+        const char *dot = strchr(name, '.');
         if (dot) {
             char section[64];
-            snprintf(section, sizeof section, "%.*s", (int)(dot - key), key);
+            snprintf(section, sizeof section, "%.*s", (int)(dot - name), name);
             const key_def *k = find_key(section, dot + 1);
             if (k)
                 ctx.seen[k - KEYS] = 1;
