@@ -26,10 +26,13 @@ void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, 
                             int shift = kw - pad;
                             int lo = shift < 0 ? -shift : 0;
                             int hi = W - shift < OW ? W - shift : OW;
+                            if (lo > OW) /* the tap only ever sees left padding */
+                                lo = OW;
                             if (hi < lo)
                                 hi = lo;
                             memset(dst, 0, (size_t)lo * sizeof *dst);
-                            memcpy(dst + lo, src + lo + shift, (size_t)(hi - lo) * sizeof *dst);
+                            if (hi > lo)
+                                memcpy(dst + lo, src + lo + shift, (size_t)(hi - lo) * sizeof *dst);
                             memset(dst + hi, 0, (size_t)(OW - hi) * sizeof *dst);
                         } else {
                             for (int ow = 0; ow < OW; ow++) {

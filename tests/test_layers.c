@@ -1,0 +1,672 @@
+/* Gradient checks of the layer kernels and of the whole model: each analytic
+ * backward (conv2d, relu, maxpool2d, flatten, linear, softmax cross-entropy,
+ * cfx_model_backward) against central finite differences of a scalar
+ * objective run through the float forward and accumulated in double.
+ * Layer objectives are L = sum(out * R) for a fixed random R, so dout = R.
+ * Spatial activations are [C][N][H][W]; see include/cfx/nn.h. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "cfx/nn.h"  /* defines: the layer kernels, cfx_model */
+#include "cfx/rng.h" /* defines: cfx_rng */
+
+/* Written into outputs before a call that must overwrite them. */
+#define SENTINEL 777.0f
+
+static cfx_rng rng;
+
+static float urand(float lo, float hi) { return lo + (hi - lo) * cfx_rng_float(&rng); }
+
+static void fill(float *x, size_t n, float lo, float hi)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = urand(lo, hi);
+}
+
+static void fill_value(float *x, size_t n, float v)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = v;
+}
+
+static float *falloc(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
+
+static double dot(const float *a, const float *b, size_t n)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+/* ---- finite-difference machinery -------------------------------------- */
+
+/* Runs the float forward and returns the objective; NAN means "the step
+ * crossed a kink (relu or maxpool switched)". */
+typedef double (*objective_fn)(void *ctx);
+
+/* Tolerances of one gradient check. */
+typedef struct {
+    float h;         /* step on the float variable */
+    double rel2;     /* bound on ||a - n||_2 / ||n||_2 */
+    double elem;     /* bound on |a_i - n_i| / (|n_i| + 0.1 ||n||_inf) */
+    double max_skip; /* fraction of elements allowed to be skipped at kinks */
+} fd_tol;
+
+/* Largest errors seen over all checks, reported at the end. */
+static double worst_rel2, worst_elem;
+
+/* Compares grad[0..n) with central differences of f over x[0..n). The step
+ * is what float rounding actually made of x +- h. A step that crosses a
+ * kink is retried at h / 8 and h / 64; if those cross too, the element is
+ * skipped. */
+static void check_grad(const char *what, objective_fn f, void *ctx, float *x, const float *grad,
+                       size_t n, fd_tol tol)
+{
+    double *num = malloc((n ? n : 1) * sizeof *num);
+    int *skip = calloc(n ? n : 1, sizeof *skip);
+    size_t n_skip = 0, n_small = 0;
+    for (size_t i = 0; i < n; i++) {
+        float x0 = x[i], h = tol.h;
+        for (int try = 0; try < 3; try++, h /= 8.0f) {
+            x[i] = x0 + h;
+            float xp = x[i];
+            double fp = f(ctx);
+            x[i] = x0 - h;
+            float xm = x[i];
+            double fm = f(ctx);
+            x[i] = x0;
+            num[i] = (fp - fm) / ((double)xp - (double)xm);
+            skip[i] = isnan(fp) || isnan(fm);
+            if (!skip[i])
+                break;
+            n_small += try == 0;
+        }
+        n_skip += skip[i];
+    }
+    double diff2 = 0.0, norm2 = 0.0, inf = 0.0;
+    for (size_t i = 0; i < n; i++)
+        if (!skip[i]) {
+            diff2 += (grad[i] - num[i]) * (grad[i] - num[i]);
+            norm2 += num[i] * num[i];
+            inf = fmax(inf, fabs(num[i]));
+        }
+    double rel2 = sqrt(diff2) / sqrt(norm2), elem = 0.0;
+    size_t worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs(grad[i] - num[i]) / (fabs(num[i]) + 0.1 * inf);
+        if (!skip[i] && e > elem)
+            elem = e, worst = i;
+    }
+    if (getenv("CFX_TEST_VERBOSE"))
+        print_message("%-40s n=%4zu rel2=%.2e elem=%.2e smaller h=%zu skipped=%zu\n", what, n, rel2,
+                      elem, n_small, n_skip);
+    if (!(norm2 > 0.0))
+        fail_msg("%s: the numerical gradient is zero, the check is vacuous", what);
+    if ((double)n_skip > tol.max_skip * (double)n)
+        fail_msg("%s: %zu of %zu elements crossed a kink", what, n_skip, n);
+    if (!(rel2 < tol.rel2) || !(elem < tol.elem))
+        fail_msg("%s: rel2 %.3e (bound %.1e), elem %.3e (bound %.1e) at [%zu]: analytic %.6g "
+                 "numerical %.6g",
+                 what, rel2, tol.rel2, elem, tol.elem, worst, grad[worst], num[worst]);
+    worst_rel2 = fmax(worst_rel2, rel2);
+    worst_elem = fmax(worst_elem, elem);
+    free(num);
+    free(skip);
+}
+
+/* Layers that are linear in each variable: central differences are exact up
+ * to float rounding of the forward. */
+static const fd_tol linear_tol = {.h = 1e-2f, .rel2 = 1e-4, .elem = 1e-3, .max_skip = 0.0};
+
+static void assert_close(const float *a, const float *b, size_t n, double tol, const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)a[i] - b[i]) <= tol * (1.0 + fabs((double)b[i]))))
+            fail_msg("%s: [%zu] %.8g != %.8g", what, i, a[i], b[i]);
+}
+
+/* ---- conv2d ------------------------------------------------------------ */
+
+typedef struct {
+    int N, C, H, W, OC, K, S, P;
+} conv_shape;
+
+typedef struct {
+    conv_shape s;
+    float *in, *w, *b, *R, *out, *col;
+    size_t n_out;
+} conv_ctx;
+
+static double conv_objective(void *p)
+{
+    conv_ctx *c = p;
+    const conv_shape *s = &c->s;
+    cfx_conv2d_forward(c->out, c->col, c->in, c->w, c->b, s->N, s->C, s->H, s->W, s->OC, s->K, s->S,
+                       s->P);
+    return dot(c->out, c->R, c->n_out);
+}
+
+static void test_conv2d_grad(void **state)
+{
+    (void)state;
+    /* clang-format off */
+    static const conv_shape shapes[] = {
+        /* N  C  H  W OC  K  S  P */
+        {1, 1, 5, 5, 1, 3, 1, 0},
+        {2, 3, 6, 7, 4, 3, 1, 1},
+        {3, 2, 7, 5, 3, 3, 2, 1},
+        {2, 2, 9, 6, 2, 5, 2, 2},
+        {1, 3, 4, 6, 5, 1, 1, 0},
+        {2, 2, 5, 4, 3, 1, 2, 1},
+        {3, 1, 8, 3, 2, 5, 1, 2},
+        {1, 2, 6, 9, 3, 3, 2, 0},
+        {2, 3, 5, 5, 2, 5, 1, 0},
+        {3, 2, 3, 4, 2, 3, 1, 2},
+    };
+    /* clang-format on */
+    cfx_rng_seed(&rng, 101);
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        conv_shape s = shapes[t];
+        int OH = cfx_window_out(s.H, s.K, s.S, s.P), OW = cfx_window_out(s.W, s.K, s.S, s.P);
+        size_t n_in = (size_t)s.C * s.N * s.H * s.W, n_w = (size_t)s.OC * s.C * s.K * s.K;
+        size_t n_out = (size_t)s.OC * s.N * OH * OW,
+               n_col = (size_t)s.C * s.K * s.K * s.N * OH * OW;
+        conv_ctx c = {.s = s, .n_out = n_out};
+        c.in = falloc(n_in), c.w = falloc(n_w), c.b = falloc(s.OC), c.R = falloc(n_out);
+        c.out = falloc(n_out), c.col = falloc(n_col);
+        float *din = falloc(n_in), *dw = falloc(n_w), *db = falloc(s.OC), *dcol = falloc(n_col);
+        float *dw2 = falloc(n_w), *db2 = falloc(s.OC);
+        fill(c.in, n_in, -1, 1), fill(c.w, n_w, -0.5f, 0.5f), fill(c.b, s.OC, -0.5f, 0.5f);
+        fill(c.R, n_out, -1, 1);
+        fill_value(din, n_in, SENTINEL), fill_value(dw, n_w, SENTINEL);
+        fill_value(db, s.OC, SENTINEL);
+
+        conv_objective(&c);
+        cfx_conv2d_backward(din, dw, db, dcol, c.R, c.col, c.w, s.N, s.C, s.H, s.W, s.OC, s.K, s.S,
+                            s.P);
+        /* din = NULL must not change the parameter gradients. */
+        cfx_conv2d_backward(NULL, dw2, db2, dcol, c.R, c.col, c.w, s.N, s.C, s.H, s.W, s.OC, s.K,
+                            s.S, s.P);
+        assert_close(dw2, dw, n_w, 0.0, "conv2d dweight with din = NULL");
+        assert_close(db2, db, s.OC, 0.0, "conv2d dbias with din = NULL");
+
+        char what[96];
+        snprintf(what, sizeof what, "conv2d N%d C%d %dx%d OC%d K%d S%d P%d", s.N, s.C, s.H, s.W,
+                 s.OC, s.K, s.S, s.P);
+        char name[128];
+        snprintf(name, sizeof name, "%s input", what);
+        check_grad(name, conv_objective, &c, c.in, din, n_in, linear_tol);
+        snprintf(name, sizeof name, "%s weight", what);
+        check_grad(name, conv_objective, &c, c.w, dw, n_w, linear_tol);
+        snprintf(name, sizeof name, "%s bias", what);
+        check_grad(name, conv_objective, &c, c.b, db, s.OC, linear_tol);
+
+        free(c.in), free(c.w), free(c.b), free(c.R), free(c.out), free(c.col);
+        free(din), free(dw), free(db), free(dcol), free(dw2), free(db2);
+    }
+}
+
+/* ---- relu -------------------------------------------------------------- */
+
+typedef struct {
+    float *in, *out, *R;
+    size_t n;
+} relu_ctx;
+
+static double relu_objective(void *p)
+{
+    relu_ctx *c = p;
+    cfx_relu_forward(c->out, c->in, c->n);
+    return dot(c->out, c->R, c->n);
+}
+
+static void test_relu_grad(void **state)
+{
+    (void)state;
+    enum { n = 97 };
+    cfx_rng_seed(&rng, 202);
+    float in[n], out[n], R[n], din[n];
+    /* |x| >= 0.05 > h: no step crosses the kink. */
+    for (int i = 0; i < n; i++)
+        in[i] = (cfx_rng_float(&rng) < 0.5f ? -1.0f : 1.0f) * urand(0.05f, 1.0f);
+    fill(R, n, -1, 1);
+    relu_ctx c = {in, out, R, n};
+    relu_objective(&c);
+    for (int i = 0; i < n; i++)
+        assert_true(out[i] == (in[i] > 0.0f ? in[i] : 0.0f));
+    fill_value(din, n, SENTINEL);
+    cfx_relu_backward(din, R, out, n);
+    check_grad("relu", relu_objective, &c, in, din, n, linear_tol);
+
+    /* At exactly zero the gradient is zero, as in PyTorch. */
+    float z_in[2] = {0.0f, -0.0f}, z_out[2], z_d[2] = {SENTINEL, SENTINEL}, z_R[2] = {1, 1};
+    cfx_relu_forward(z_out, z_in, 2);
+    cfx_relu_backward(z_d, z_R, z_out, 2);
+    assert_true(z_out[0] == 0.0f && z_out[1] == 0.0f && z_d[0] == 0.0f && z_d[1] == 0.0f);
+}
+
+/* ---- maxpool2d --------------------------------------------------------- */
+
+typedef struct {
+    int planes, H, W, K, S;
+    float *in, *out, *R;
+    size_t n_out;
+} pool_ctx;
+
+static double pool_objective(void *p)
+{
+    pool_ctx *c = p;
+    cfx_maxpool_forward(c->out, c->in, c->planes, c->H, c->W, c->K, c->S);
+    return dot(c->out, c->R, c->n_out);
+}
+
+static void test_maxpool_grad(void **state)
+{
+    (void)state;
+    /* clang-format off */
+    static const struct {
+        int C, N, H, W, K, S;
+    } cases[] = {
+        {2, 3, 6, 8, 2, 2}, /* even sizes */
+        {1, 2, 7, 5, 2, 2}, /* odd sizes: last row and column unused */
+        {2, 1, 7, 9, 3, 2}, /* overlapping windows */
+        {3, 2, 5, 6, 3, 2},
+        {1, 1, 8, 7, 3, 3},
+        {2, 2, 4, 5, 2, 1},
+    };
+    /* clang-format on */
+    cfx_rng_seed(&rng, 303);
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        int planes = cases[t].C * cases[t].N, H = cases[t].H, W = cases[t].W;
+        int K = cases[t].K, S = cases[t].S;
+        int OH = cfx_window_out(H, K, S, 0), OW = cfx_window_out(W, K, S, 0);
+        size_t n_in = (size_t)planes * H * W, n_out = (size_t)planes * OH * OW;
+        pool_ctx c = {planes, H, W, K, S, falloc(n_in), falloc(n_out), falloc(n_out), n_out};
+        float *din = falloc(n_in);
+        /* Distinct values 0.05 apart (a shuffled ramp): no ties, and a step
+         * of h = 0.01 never changes a window's argmax. */
+        int *perm = malloc(n_in * sizeof *perm);
+        for (size_t i = 0; i < n_in; i++)
+            perm[i] = (int)i;
+        cfx_shuffle(perm, (int)n_in, &rng);
+        for (size_t i = 0; i < n_in; i++)
+            c.in[i] = 0.05f * (float)perm[i] - 0.025f * (float)n_in;
+        fill(c.R, n_out, -1, 1);
+
+        pool_objective(&c);
+        for (int p = 0; p < planes; p++) /* forward against a direct max */
+            for (int oh = 0; oh < OH; oh++)
+                for (int ow = 0; ow < OW; ow++) {
+                    float m = -INFINITY;
+                    for (int kh = 0; kh < K; kh++)
+                        for (int kw = 0; kw < K; kw++)
+                            m = fmaxf(m, c.in[((size_t)p * H + oh * S + kh) * W + ow * S + kw]);
+                    assert_true(c.out[((size_t)p * OH + oh) * OW + ow] == m);
+                }
+        fill_value(din, n_in, SENTINEL);
+        cfx_maxpool_backward(din, c.R, c.in, planes, H, W, K, S);
+        char what[96];
+        snprintf(what, sizeof what, "maxpool C%d N%d %dx%d K%d S%d", cases[t].C, cases[t].N, H, W,
+                 K, S);
+        check_grad(what, pool_objective, &c, c.in, din, n_in, linear_tol);
+        free(c.in), free(c.out), free(c.R), free(din), free(perm);
+    }
+}
+
+/* Ties go to the first maximum in row-major window order. */
+static void test_maxpool_ties(void **state)
+{
+    (void)state;
+    /* Windows (2x2, stride 2) and their first maxima: top-left all 1 -> 0,
+     * top-right 2 0 / 2 2 -> 2, bottom-left 0 3 / 3 3 -> 9, bottom-right
+     * 5 4 / 5 5 -> 10. */
+    /* clang-format off */
+    const float in[16] = {1, 1, 2, 0,
+                          1, 1, 2, 2,
+                          0, 3, 5, 4,
+                          3, 3, 5, 5};
+    /* clang-format on */
+    const float dout[4] = {1, 2, 3, 4};
+    float out[4], din[16];
+    cfx_maxpool_forward(out, in, 1, 4, 4, 2, 2);
+    cfx_maxpool_backward(din, dout, in, 1, 4, 4, 2, 2);
+    const float want_out[4] = {1, 2, 3, 5};
+    const float want_din[16] = {1, 0, 2, 0, 0, 0, 0, 0, 0, 3, 4, 0, 0, 0, 0, 0};
+    assert_memory_equal(out, want_out, sizeof out);
+    assert_memory_equal(din, want_din, sizeof din);
+}
+
+/* ---- flatten ----------------------------------------------------------- */
+
+typedef struct {
+    int N, C, HW;
+    float *in, *out, *R;
+} flat_ctx;
+
+static double flat_objective(void *p)
+{
+    flat_ctx *c = p;
+    cfx_flatten_forward(c->out, c->in, c->N, c->C, c->HW);
+    return dot(c->out, c->R, (size_t)c->N * c->C * c->HW);
+}
+
+static void test_flatten(void **state)
+{
+    (void)state;
+    enum { N = 3, C = 4, HW = 6, n = N * C * HW };
+    cfx_rng_seed(&rng, 404);
+    float in[n], out[n], R[n], din[n];
+    fill(in, n, -1, 1), fill(R, n, -1, 1);
+    flat_ctx c = {N, C, HW, in, out, R};
+    flat_objective(&c);
+    /* out[n][c * HW + hw] = in[c][n][hw]: features per image in (c, h, w) order. */
+    for (int i = 0; i < N; i++)
+        for (int ch = 0; ch < C; ch++)
+            for (int k = 0; k < HW; k++)
+                assert_true(out[(i * C + ch) * HW + k] == in[(ch * N + i) * HW + k]);
+    fill_value(din, n, SENTINEL);
+    cfx_flatten_backward(din, R, N, C, HW);
+    check_grad("flatten", flat_objective, &c, in, din, n, linear_tol);
+}
+
+/* ---- linear ------------------------------------------------------------ */
+
+typedef struct {
+    int N, in_f, out_f;
+    float *in, *w, *b, *out, *R;
+} lin_ctx;
+
+static double lin_objective(void *p)
+{
+    lin_ctx *c = p;
+    cfx_linear_forward(c->out, c->in, c->w, c->b, c->N, c->in_f, c->out_f);
+    return dot(c->out, c->R, (size_t)c->N * c->out_f);
+}
+
+static void test_linear_grad(void **state)
+{
+    (void)state;
+    static const int shapes[][3] = {{1, 7, 5}, {2, 7, 5}, {3, 12, 10}, {2, 1, 3}, {3, 4, 1}};
+    cfx_rng_seed(&rng, 505);
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        int N = shapes[t][0], in_f = shapes[t][1], out_f = shapes[t][2];
+        size_t n_in = (size_t)N * in_f, n_w = (size_t)out_f * in_f, n_out = (size_t)N * out_f;
+        lin_ctx c = {.N = N, .in_f = in_f, .out_f = out_f};
+        c.in = falloc(n_in), c.w = falloc(n_w), c.b = falloc(out_f);
+        c.out = falloc(n_out), c.R = falloc(n_out);
+        float *din = falloc(n_in), *dw = falloc(n_w), *db = falloc(out_f);
+        float *dw2 = falloc(n_w), *db2 = falloc(out_f);
+        fill(c.in, n_in, -1, 1), fill(c.w, n_w, -0.5f, 0.5f), fill(c.b, out_f, -0.5f, 0.5f);
+        fill(c.R, n_out, -1, 1);
+        lin_objective(&c);
+        for (int i = 0; i < N; i++) /* forward against a direct sum */
+            for (int o = 0; o < out_f; o++) {
+                double s = c.b[o];
+                for (int k = 0; k < in_f; k++)
+                    s += (double)c.in[i * in_f + k] * c.w[o * in_f + k];
+                float ref = (float)s;
+                assert_close(&c.out[i * out_f + o], &ref, 1, 1e-5, "linear forward");
+            }
+        fill_value(din, n_in, SENTINEL), fill_value(dw, n_w, SENTINEL);
+        fill_value(db, out_f, SENTINEL);
+        cfx_linear_backward(din, dw, db, c.R, c.in, c.w, N, in_f, out_f);
+        cfx_linear_backward(NULL, dw2, db2, c.R, c.in, c.w, N, in_f, out_f);
+        assert_close(dw2, dw, n_w, 0.0, "linear dweight with din = NULL");
+        assert_close(db2, db, out_f, 0.0, "linear dbias with din = NULL");
+        char what[64], name[96];
+        snprintf(what, sizeof what, "linear N%d %d->%d", N, in_f, out_f);
+        snprintf(name, sizeof name, "%s input", what);
+        check_grad(name, lin_objective, &c, c.in, din, n_in, linear_tol);
+        snprintf(name, sizeof name, "%s weight", what);
+        check_grad(name, lin_objective, &c, c.w, dw, n_w, linear_tol);
+        snprintf(name, sizeof name, "%s bias", what);
+        check_grad(name, lin_objective, &c, c.b, db, out_f, linear_tol);
+        free(c.in), free(c.w), free(c.b), free(c.out), free(c.R);
+        free(din), free(dw), free(db), free(dw2), free(db2);
+    }
+}
+
+/* ---- softmax cross-entropy --------------------------------------------- */
+
+typedef struct {
+    int N, K;
+    float *logits;
+    const int *labels;
+} xent_ctx;
+
+/* The mean loss over the batch. */
+static double xent_objective(void *p)
+{
+    xent_ctx *c = p;
+    double loss = 0.0;
+    long correct = 0;
+    cfx_softmax_xent(c->logits, c->labels, c->N, c->K, 1.0f / (float)c->N, NULL, &loss, &correct);
+    return loss / c->N;
+}
+
+static void test_softmax_xent_grad(void **state)
+{
+    (void)state;
+    enum { N = 3, K = 10 };
+    cfx_rng_seed(&rng, 606);
+    float logits[N * K], d[N * K];
+    int labels[N];
+    fill(logits, N * K, -3, 3);
+    for (int i = 0; i < N; i++)
+        labels[i] = (int)cfx_rng_below(&rng, K);
+    logits[1 * K + labels[1]] = 5.0f; /* image 1 is predicted right */
+
+    /* Loss and correct count against a direct computation; both accumulate. */
+    double loss = 0.5, want = 0.5;
+    long correct = 2, want_correct = 2;
+    fill_value(d, N * K, SENTINEL);
+    cfx_softmax_xent(logits, labels, N, K, 1.0f / N, d, &loss, &correct);
+    for (int i = 0; i < N; i++) {
+        double s = 0.0;
+        int arg = 0;
+        for (int k = 0; k < K; k++) {
+            s += exp((double)logits[i * K + k]);
+            if (logits[i * K + k] > logits[i * K + arg])
+                arg = k;
+        }
+        want += log(s) - logits[i * K + labels[i]];
+        want_correct += arg == labels[i];
+    }
+    assert_true(fabs(loss - want) < 1e-9 * fabs(want));
+    assert_int_equal(correct, want_correct);
+    assert_true(want_correct > 2);
+
+    xent_ctx c = {N, K, logits, labels};
+    const fd_tol tol = {.h = 1e-3f, .rel2 = 1e-4, .elem = 1e-3, .max_skip = 0.0};
+    check_grad("softmax_xent logits", xent_objective, &c, logits, d, N * K, tol);
+}
+
+/* Huge logits neither overflow nor lose the gradient. */
+static void test_softmax_xent_stable(void **state)
+{
+    (void)state;
+    const float logits[2 * 3] = {1000.0f, 0.0f, -1000.0f, 500.0f, 500.0f, 500.0f};
+    const int labels[2] = {1, 2};
+    float d[6];
+    double loss = 0.0;
+    long correct = 0;
+    cfx_softmax_xent(logits, labels, 2, 3, 1.0f, d, &loss, &correct);
+    assert_true(fabs(loss - (1000.0 + log(3.0))) < 1e-9);
+    assert_int_equal(correct, 0); /* image 1 ties: the first maximum (0) wins */
+    const float want[6] = {1, -1, 0, 1.0f / 3, 1.0f / 3, -2.0f / 3};
+    assert_close(d, want, 6, 1e-6, "softmax_xent dlogits at huge logits");
+}
+
+/* ---- the whole model --------------------------------------------------- */
+
+typedef struct {
+    cfx_model *m;
+    int n;
+    const int *labels;
+    int *pattern, *base; /* relu signs and maxpool argmaxes */
+    size_t n_pattern;
+} model_ctx;
+
+/* The kinks the forward took: relu output signs and maxpool argmaxes. */
+static size_t model_pattern(const cfx_model *m, int n, int *pat)
+{
+    size_t k = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const cfx_layer *L = &m->layers[i];
+        if (L->spec.type == CFX_LAYER_RELU) {
+            size_t sz = (size_t)n * L->out_c * L->out_h * L->out_w;
+            for (size_t j = 0; j < sz; j++, k++)
+                if (pat)
+                    pat[k] = m->acts[i + 1][j] > 0.0f;
+        } else if (L->spec.type == CFX_LAYER_MAXPOOL2D) {
+            int H = L->in_h, W = L->in_w, K = L->spec.kernel, S = L->spec.stride;
+            for (int p = 0; p < L->in_c * n; p++)
+                for (int oh = 0; oh < L->out_h; oh++)
+                    for (int ow = 0; ow < L->out_w; ow++, k++) {
+                        if (!pat)
+                            continue;
+                        const float *x = m->acts[i] + (size_t)p * H * W;
+                        int arg = (oh * S) * W + ow * S;
+                        for (int kh = 0; kh < K; kh++)
+                            for (int kw = 0; kw < K; kw++)
+                                if (x[(oh * S + kh) * W + ow * S + kw] > x[arg])
+                                    arg = (oh * S + kh) * W + ow * S + kw;
+                        pat[k] = arg;
+                    }
+        }
+    }
+    return k;
+}
+
+/* The mean loss, or NAN if the forward took a different kink than at the
+ * base point (the difference quotient then straddles a corner). */
+static double model_objective(void *p)
+{
+    model_ctx *c = p;
+    const float *logits = cfx_model_forward(c->m, c->n);
+    double loss = 0.0;
+    long correct = 0;
+    cfx_softmax_xent(logits, c->labels, c->n, c->m->n_classes, 1.0f / (float)c->n, NULL, &loss,
+                     &correct);
+    model_pattern(c->m, c->n, c->pattern);
+    if (memcmp(c->pattern, c->base, c->n_pattern * sizeof *c->pattern) != 0)
+        return NAN;
+    return loss / c->n;
+}
+
+static cfx_layer_spec conv(int out, int k, int s, int p)
+{
+    return (cfx_layer_spec){
+        .type = CFX_LAYER_CONV2D, .out_channels = out, .kernel = k, .stride = s, .padding = p};
+}
+static cfx_layer_spec pool(int k, int s)
+{
+    return (cfx_layer_spec){.type = CFX_LAYER_MAXPOOL2D, .kernel = k, .stride = s};
+}
+static cfx_layer_spec linear(int out)
+{
+    return (cfx_layer_spec){.type = CFX_LAYER_LINEAR, .out_features = out};
+}
+static const cfx_layer_spec relu = {.type = CFX_LAYER_RELU};
+static const cfx_layer_spec flatten = {.type = CFX_LAYER_FLATTEN};
+
+/* Gradients of the mean loss of n images of 3 x H x W through the model. */
+static void check_model(const char *what, const cfx_layer_spec *specs, int n_specs, int H, int W,
+                        int n, int max_batch, uint64_t seed)
+{
+    cfx_model m;
+    cfx_error err;
+    if (cfx_model_create(&m, specs, n_specs, 3, H, W, max_batch, 1, &err) != 0)
+        fail_msg("%s: %s", what, err.msg);
+    cfx_model_init_params(&m, seed);
+    cfx_rng_seed(&rng, seed);
+    size_t n_in = (size_t)3 * n * H * W;
+    fill(m.acts[0], n_in, -1, 1);
+    int labels[8];
+    for (int i = 0; i < n; i++)
+        labels[i] = (int)cfx_rng_below(&rng, (uint32_t)m.n_classes);
+
+    const float *logits = cfx_model_forward(&m, n);
+    double loss = 0.0;
+    long correct = 0;
+    cfx_softmax_xent(logits, labels, n, m.n_classes, 1.0f / (float)n, m.dacts[m.n_layers], &loss,
+                     &correct);
+    fill_value(m.grads, m.n_params + CFX_GRAD_TAIL, SENTINEL);
+    fill_value(m.dacts[0], n_in, SENTINEL);
+    cfx_model_backward(&m, n);
+    for (int i = 0; i < CFX_GRAD_TAIL; i++) /* the statistics tail is left alone */
+        assert_true(m.grads[m.n_params + i] == SENTINEL);
+
+    float *g_params = falloc(m.n_params), *g_in = falloc(n_in);
+    memcpy(g_params, m.grads, m.n_params * sizeof *g_params);
+    memcpy(g_in, m.dacts[0], n_in * sizeof *g_in);
+    model_ctx c = {&m, n, labels, NULL, NULL, model_pattern(&m, n, NULL)};
+    c.pattern = malloc((c.n_pattern ? c.n_pattern : 1) * sizeof(int));
+    c.base = malloc((c.n_pattern ? c.n_pattern : 1) * sizeof(int));
+    model_pattern(&m, n, c.base);
+
+    /* Below h ~ 4e-3 the float forward's rounding (~1/h) dominates; measured
+     * errors are ~10x under these bounds. */
+    const fd_tol tol = {.h = 4e-3f, .rel2 = 5e-3, .elem = 2e-2, .max_skip = 0.02};
+    char name[96];
+    snprintf(name, sizeof name, "%s params", what);
+    check_grad(name, model_objective, &c, m.params, g_params, m.n_params, tol);
+    snprintf(name, sizeof name, "%s input", what);
+    check_grad(name, model_objective, &c, m.acts[0], g_in, n_in, tol);
+
+    /* n = 0 zeroes the gradients. */
+    cfx_model_backward(&m, 0);
+    for (size_t i = 0; i < m.n_params; i++)
+        assert_true(m.grads[i] == 0.0f);
+
+    free(g_params), free(g_in), free(c.pattern), free(c.base);
+    cfx_model_free(&m);
+}
+
+static void test_model_grad(void **state)
+{
+    (void)state;
+    const cfx_layer_spec small[] = {conv(4, 3, 1, 1), relu, pool(2, 2), flatten, linear(10)};
+    check_model("model conv-relu-pool-flatten-linear", small, 5, 8, 8, 2, 2, 11);
+    /* Two convolutions (the second one's din feeds the first), overlapping
+     * pooling, a hidden linear layer; fewer images than max_batch. */
+    const cfx_layer_spec deeper[] = {
+        conv(4, 5, 2, 2), relu, conv(5, 3, 1, 1), relu, pool(3, 2), flatten,
+        linear(8),        relu, linear(3),
+    };
+    check_model("model conv-conv-pool-linear-linear", deeper, 9, 9, 7, 3, 4, 12);
+}
+
+static int report(void **state)
+{
+    (void)state;
+    print_message("worst over all checks: rel2 %.2e, elem %.2e\n", worst_rel2, worst_elem);
+    return 0;
+}
+
+int main(void)
+{
+    /* clang-format off */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_conv2d_grad),
+        cmocka_unit_test(test_relu_grad),
+        cmocka_unit_test(test_maxpool_grad),
+        cmocka_unit_test(test_maxpool_ties),
+        cmocka_unit_test(test_flatten),
+        cmocka_unit_test(test_linear_grad),
+        cmocka_unit_test(test_softmax_xent_grad),
+        cmocka_unit_test(test_softmax_xent_stable),
+        cmocka_unit_test(test_model_grad),
+    };
+    /* clang-format on */
+    return cmocka_run_group_tests(tests, NULL, report);
+}
