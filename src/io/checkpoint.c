@@ -1,0 +1,577 @@
+/* HDF5 checkpoints: the model's parameters under PyTorch state_dict names,
+ * optimizer and training state, and who wrote the file. A checkpoint is
+ * built in memory and saved atomically (temporary file, fsync, rename, fsync
+ * of the directory); reads check every name and shape before anything is
+ * loaded, and fletcher32 checksums catch damaged data. */
+#include "cfx/checkpoint.h" /* defines: cfx_checkpoint_write, cfx_checkpoint_read */
+
+#include <errno.h>
+#include <hdf5.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "h5_util.h" /* defines: cfx_h5_err, cfx_h5_fail, cfx_h5_save, cfx_h5_put_str */
+
+#ifndef CFX_VERSION
+#define CFX_VERSION "unknown"
+#endif
+#ifndef CFX_GIT_COMMIT
+#define CFX_GIT_COMMIT "unknown"
+#endif
+
+#define CKPT_FORMAT_VERSION 1
+#define MAX_PARAMS (2 * CFX_MAX_LAYERS)
+
+/* Informational (see cfx/rng.h): the seeds and the position are the RNG state. */
+#define RNG_DESCRIPTION                                                                            \
+    "counter-based (cfx_hash3, splitmix64): every random decision is a pure function of "          \
+    "(seed or split_seed, stream, counter); seed, split_seed, epoch and step_in_epoch are the "    \
+    "whole state"
+
+/* One parameter tensor of the model. */
+typedef struct {
+    char key[32]; /* state_dict key, "3.weight" */
+    int rank;
+    hsize_t dims[4]; /* PyTorch shape */
+    size_t offset, count;
+    const cfx_layer *layer;
+} param_info;
+
+static int list_params(const cfx_model *m, param_info *p)
+{
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const cfx_layer *L = &m->layers[i];
+        if (!L->n_weight)
+            continue;
+        for (int is_bias = 0; is_bias < 2; is_bias++) {
+            param_info *q = &p[n++];
+            cfx_param_name(q->key, sizeof q->key, i, is_bias);
+            q->layer = L;
+            q->offset = is_bias ? L->bias_offset : L->weight_offset;
+            q->count = is_bias ? L->n_bias : L->n_weight;
+            if (is_bias) {
+                q->rank = 1;
+                q->dims[0] = L->n_bias;
+            } else if (L->spec.type == CFX_LAYER_CONV2D) {
+                q->rank = 4;
+                q->dims[0] = (hsize_t)L->out_c, q->dims[1] = (hsize_t)L->in_c;
+                q->dims[2] = q->dims[3] = (hsize_t)L->spec.kernel;
+            } else {
+                q->rank = 2;
+                q->dims[0] = (hsize_t)L->out_c, q->dims[1] = (hsize_t)L->in_c;
+            }
+        }
+    }
+    return n;
+}
+
+/* "64x16x3x3" */
+static void shape_str(char *buf, size_t len, int rank, const hsize_t *dims)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < rank && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%llu", i ? "x" : "",
+                                 (unsigned long long)dims[i]);
+    if (rank == 0)
+        snprintf(buf, len, "scalar");
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static hid_t create_group(hid_t loc, const char *name, cfx_h5_err *e)
+{
+    hid_t g = H5Gcreate2(loc, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0)
+        cfx_h5_fail(e, "creating group %s", name);
+    return g;
+}
+
+/* A float32 dataset stored as one chunk with the fletcher32 checksum.
+ * Returns it open (for attributes), or -1. */
+static hid_t write_floats(hid_t loc, const char *where, const char *name, int rank,
+                          const hsize_t *dims, const float *data, cfx_h5_err *e)
+{
+    hid_t space = H5Screate_simple(rank, dims, NULL);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hid_t d = -1;
+    if (space < 0 || dcpl < 0 || H5Pset_chunk(dcpl, rank, dims) < 0 || H5Pset_fletcher32(dcpl) < 0)
+        cfx_h5_fail(e, "creating %s/%s", where, name);
+    else if ((d = H5Dcreate2(loc, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)) < 0)
+        cfx_h5_fail(e, "creating %s/%s", where, name);
+    else if (H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
+        cfx_h5_fail(e, "writing %s/%s", where, name);
+        H5Dclose(d);
+        d = -1;
+    }
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (space >= 0)
+        H5Sclose(space);
+    return d;
+}
+
+/* The layer's description, as the arguments of its torch.nn module. */
+static int write_layer_attrs(hid_t d, const cfx_layer *L, cfx_h5_err *e)
+{
+    int failed;
+    if (L->spec.type == CFX_LAYER_CONV2D)
+        failed = cfx_h5_put_str(d, "layer_type", "Conv2d", e) ||
+                 cfx_h5_put_i64(d, "in_channels", L->in_c, e) ||
+                 cfx_h5_put_i64(d, "out_channels", L->out_c, e) ||
+                 cfx_h5_put_i64(d, "kernel_size", L->spec.kernel, e) ||
+                 cfx_h5_put_i64(d, "stride", L->spec.stride, e) ||
+                 cfx_h5_put_i64(d, "padding", L->spec.padding, e);
+    else
+        failed = cfx_h5_put_str(d, "layer_type", "Linear", e) ||
+                 cfx_h5_put_i64(d, "in_features", L->in_c, e) ||
+                 cfx_h5_put_i64(d, "out_features", L->out_c, e);
+    return failed ? -1 : 0;
+}
+
+static int write_model(hid_t f, const cfx_model *m, const param_info *p, int np, cfx_h5_err *e)
+{
+    hid_t g = create_group(f, "model", e);
+    if (g < 0)
+        return -1;
+    int rc = 0;
+    for (int i = 0; i < np && rc == 0; i++) {
+        hid_t d =
+            write_floats(g, "/model", p[i].key, p[i].rank, p[i].dims, m->params + p[i].offset, e);
+        if (d < 0)
+            rc = -1;
+        else {
+            rc = write_layer_attrs(d, p[i].layer, e);
+            H5Dclose(d);
+        }
+    }
+    H5Gclose(g);
+    return rc;
+}
+
+/* /optimizer/<key>/<name> for every parameter, from buf (same layout as params). */
+static int write_optim_buffers(hid_t g, const param_info *p, int np, const char *name,
+                               const float *buf, cfx_h5_err *e)
+{
+    for (int i = 0; i < np; i++) {
+        htri_t have = H5Lexists(g, p[i].key, H5P_DEFAULT);
+        hid_t sub = have > 0 ? H5Gopen2(g, p[i].key, H5P_DEFAULT) : create_group(g, p[i].key, e);
+        if (sub < 0)
+            return cfx_h5_fail(e, "creating group /optimizer/%s", p[i].key);
+        char where[64];
+        snprintf(where, sizeof where, "/optimizer/%s", p[i].key);
+        hid_t d = write_floats(sub, where, name, p[i].rank, p[i].dims, buf + p[i].offset, e);
+        if (d >= 0)
+            H5Dclose(d);
+        H5Gclose(sub);
+        if (d < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int write_optim(hid_t f, const cfx_optim *o, const param_info *p, int np, cfx_h5_err *e)
+{
+    hid_t g = create_group(f, "optimizer", e);
+    if (g < 0)
+        return -1;
+    int adam = o->kind == CFX_OPTIM_ADAM;
+    int rc = cfx_h5_put_str(g, "name", adam ? "adam" : "sgd", e) ||
+             cfx_h5_put_f64(g, "lr", o->lr, e) || cfx_h5_put_f64(g, "beta1", o->beta1, e) ||
+             cfx_h5_put_f64(g, "beta2", o->beta2, e) || cfx_h5_put_f64(g, "eps", o->eps, e) ||
+             cfx_h5_put_f64(g, "momentum", o->momentum, e) ||
+             cfx_h5_put_f64(g, "weight_decay", o->weight_decay, e) ||
+             cfx_h5_put_i64(g, "nesterov", o->nesterov, e) || cfx_h5_put_i64(g, "step", o->step, e);
+    if (rc == 0 && adam)
+        rc = write_optim_buffers(g, p, np, "exp_avg", o->m, e) ||
+             write_optim_buffers(g, p, np, "exp_avg_sq", o->v, e);
+    else if (rc == 0 && o->momentum != 0.0)
+        rc = write_optim_buffers(g, p, np, "momentum_buffer", o->m, e);
+    H5Gclose(g);
+    return rc ? -1 : 0;
+}
+
+static int write_state(hid_t f, const cfx_train_state *s, cfx_h5_err *e)
+{
+    hid_t g = create_group(f, "train_state", e);
+    if (g < 0)
+        return -1;
+    int rc = cfx_h5_put_i64(g, "epoch", s->epoch, e) ||
+             cfx_h5_put_i64(g, "global_step", s->global_step, e) ||
+             cfx_h5_put_i64(g, "step_in_epoch", s->step_in_epoch, e) ||
+             cfx_h5_put_f64(g, "best_validation_accuracy", s->best_validation_accuracy, e) ||
+             cfx_h5_put_i64(g, "best_epoch", s->best_epoch, e) ||
+             cfx_h5_put_f64(g, "epoch_loss_sum", s->epoch_loss_sum, e) ||
+             cfx_h5_put_f64(g, "epoch_correct", s->epoch_correct, e) ||
+             cfx_h5_put_u64(g, "seed", s->seed, e) ||
+             cfx_h5_put_u64(g, "split_seed", s->split_seed, e) ||
+             cfx_h5_put_str(g, "rng", RNG_DESCRIPTION, e);
+    H5Gclose(g);
+    return rc ? -1 : 0;
+}
+
+static int write_root(hid_t f, const cfx_run_meta *meta, cfx_h5_err *e)
+{
+    cfx_run_meta none = {0};
+    const cfx_run_meta *m = meta ? meta : &none;
+    const char *version = m->cfx_version ? m->cfx_version : CFX_VERSION;
+    const char *commit = m->git_commit ? m->git_commit : CFX_GIT_COMMIT;
+    int failed = cfx_h5_put_i64(f, "format_version", CKPT_FORMAT_VERSION, e) ||
+                 cfx_h5_put_str(f, "config", m->config_text, e) ||
+                 cfx_h5_put_str(f, "layers", m->layers_text, e) ||
+                 cfx_h5_put_str(f, "cfx_version", version, e) ||
+                 cfx_h5_put_str(f, "git_commit", commit, e) ||
+                 cfx_h5_put_i64(f, "ranks", m->ranks, e) ||
+                 cfx_h5_put_str(f, "blas_core", m->blas_core, e) ||
+                 cfx_h5_put_i64(f, "blas_threads", m->blas_threads, e) ||
+                 cfx_h5_put_u64(f, "seed", m->seed, e) || cfx_h5_put_str(f, "host", m->host, e) ||
+                 cfx_h5_put_str(f, "start_time", m->start_time, e);
+    return failed ? -1 : 0;
+}
+
+int cfx_checkpoint_write(const char *path, const cfx_model *model, const cfx_optim *optim,
+                         const cfx_train_state *state, const cfx_run_meta *meta, cfx_error *err)
+{
+    cfx_h5_quiet();
+    if (optim && optim->n != model->n_params)
+        return cfx_fail(err,
+                        "%s: cannot write checkpoint: the optimizer holds %zu values, the "
+                        "model has %zu parameters",
+                        path, optim->n, model->n_params);
+    param_info p[MAX_PARAMS];
+    int np = list_params(model, p);
+    /* Built in memory, then written to path.tmp, synced and renamed. */
+    cfx_h5_err e = {0};
+    hid_t f = cfx_h5_create_memory(path, &e);
+    if (f < 0)
+        return cfx_fail(err, "%s: cannot write checkpoint (%s): %s", path, e.what, e.cause);
+    int rc = write_root(f, meta, &e) || write_model(f, model, p, np, &e) ||
+             (optim && write_optim(f, optim, p, np, &e)) || (state && write_state(f, state, &e));
+    if (rc)
+        H5Fclose(f);
+    else
+        rc = cfx_h5_save(f, path, &e);
+    if (rc)
+        return cfx_fail(err, "%s: cannot write checkpoint (%s): %s", path, e.what, e.cause);
+    return 0;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+/* Opens path read-only after checking that it is an HDF5 file at all. */
+static hid_t open_checkpoint(const char *path, cfx_error *err)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return cfx_fail(err, "%s: cannot open checkpoint: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode))
+        return cfx_fail(err, "%s: is a directory, not a checkpoint file", path);
+    if (st.st_size == 0)
+        return cfx_fail(err, "%s: empty file, not a checkpoint", path);
+    cfx_h5_err e = {0};
+    int is_h5 = cfx_h5_is_hdf5(path, &e);
+    if (is_h5 < 0)
+        return cfx_fail(err, "%s: cannot open checkpoint: %s", path, e.cause);
+    if (is_h5 == 0)
+        return cfx_fail(err, "%s: not an HDF5 file (%lld bytes; truncated, or another format)",
+                        path, (long long)st.st_size);
+    hid_t f = cfx_h5_open_read(path, &e);
+    if (f >= 0)
+        return f;
+    if (e.flags & CFX_H5_TRUNCATED)
+        return cfx_fail(err, "%s: truncated HDF5 file (%lld bytes): the checkpoint is incomplete",
+                        path, (long long)st.st_size);
+    if (e.flags & CFX_H5_CHECKSUM)
+        return cfx_fail(err, "%s: damaged: checksum mismatch in the file's metadata", path);
+    return cfx_fail(err, "%s: cannot open checkpoint (damaged HDF5 file?): %s", path, e.cause);
+}
+
+/* Reports the failed HDF5 read of obj: damage if a checksum did not match. */
+static int read_error(const char *path, const char *obj, cfx_error *err)
+{
+    cfx_h5_err e = {0};
+    cfx_h5_fail(&e, "reading %s", obj);
+    if (e.flags & CFX_H5_CHECKSUM)
+        return cfx_fail(err, "%s: damaged: checksum mismatch in %s", path, obj);
+    return cfx_fail(err, "%s: cannot read %s (damaged file?): %s", path, obj, e.cause);
+}
+
+/* Whether the relative path "a/b/c" exists below loc, checking each link:
+ * 1 yes, 0 no, -1 HDF5 error (left on the error stack). */
+static int path_exists(hid_t loc, const char *rel)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", rel);
+    for (char *s = buf;; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char saved = *s;
+        *s = '\0';
+        htri_t has = H5Lexists(loc, buf, H5P_DEFAULT);
+        if (has <= 0)
+            return has < 0 ? -1 : 0;
+        if (!saved)
+            return 1;
+        *s = saved;
+    }
+}
+
+/* Opens group name of f, which must exist (else missing is the message). */
+static hid_t open_group(hid_t f, const char *name, const char *missing, const char *path,
+                        cfx_error *err)
+{
+    char obj[64];
+    snprintf(obj, sizeof obj, "/%s", name);
+    int has = path_exists(f, name);
+    if (has < 0)
+        return read_error(path, obj, err);
+    if (!has)
+        return cfx_fail(err, "%s: %s", path, missing);
+    hid_t g = H5Gopen2(f, name, H5P_DEFAULT);
+    if (g < 0)
+        return read_error(path, obj, err);
+    return g;
+}
+
+/* Reports a failed attribute read of obj. */
+static int attr_error(const char *path, const char *obj, const cfx_h5_err *e, cfx_error *err)
+{
+    if (e->flags & CFX_H5_CHECKSUM)
+        return cfx_fail(err, "%s: damaged: checksum mismatch in %s", path, obj);
+    return cfx_fail(err, "%s: %s: %s", path, e->what, e->cause);
+}
+
+/* Checks that loc/rel is a float array of p's shape and, if out is not NULL,
+ * reads it. label names it in messages ("parameter 3.weight"), full is its
+ * absolute path ("/model/3.weight"). Missing counts as a mismatch. */
+static int read_floats(hid_t loc, const char *rel, const char *label, const char *full,
+                       const param_info *p, float *out, const char *path, cfx_error *err)
+{
+    char want[64], have[64];
+    shape_str(want, sizeof want, p->rank, p->dims);
+    int has = path_exists(loc, rel);
+    if (has < 0)
+        return read_error(path, full, err);
+    if (!has)
+        return cfx_fail(err, "%s: %s is missing from the file (the model expects %s)", path, label,
+                        want);
+    cfx_h5_err e = {0};
+    hid_t d = H5Dopen2(loc, rel, H5P_DEFAULT);
+    if (d < 0) {
+        cfx_h5_fail(&e, "opening %s", full);
+        if (e.flags & CFX_H5_CHECKSUM)
+            return cfx_fail(err, "%s: damaged: checksum mismatch in %s", path, full);
+        return cfx_fail(err, "%s: %s is not a readable dataset: %s", path, full, e.cause);
+    }
+    int rc = 0;
+    hid_t space = H5Dget_space(d), type = H5Dget_type(d);
+    hsize_t dims[H5S_MAX_RANK];
+    int rank = space >= 0 ? H5Sget_simple_extent_ndims(space) : -1;
+    if (rank < 0 || type < 0 || H5Sget_simple_extent_dims(space, dims, NULL) < 0) {
+        cfx_h5_fail(&e, "reading the shape of %s", full);
+        rc = cfx_fail(err, "%s: cannot read the shape of %s: %s", path, full, e.cause);
+    } else if (H5Tget_class(type) != H5T_FLOAT) {
+        rc = cfx_fail(err, "%s: %s is not a floating-point array", path, full);
+    } else {
+        int same = rank == p->rank;
+        for (int i = 0; same && i < rank; i++)
+            same = dims[i] == p->dims[i];
+        if (!same) {
+            shape_str(have, sizeof have, rank, dims);
+            rc = cfx_fail(err, "%s: %s has shape %s in the file, the model expects %s", path, label,
+                          have, want);
+        }
+    }
+    if (rc == 0 && out && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
+        cfx_h5_fail(&e, "reading %s", full);
+        if (e.flags & CFX_H5_CHECKSUM)
+            rc = cfx_fail(err, "%s: damaged: checksum mismatch in %s", path, full);
+        else
+            rc = cfx_fail(err, "%s: cannot read %s: %s", path, full, e.cause);
+    }
+    if (type >= 0)
+        H5Tclose(type);
+    if (space >= 0)
+        H5Sclose(space);
+    H5Dclose(d);
+    return rc;
+}
+
+/* Checks /model against the model's parameters (names and shapes, no data)
+ * and, if params is not NULL, reads them. */
+static int read_model(hid_t f, const param_info *p, int np, float *params, const char *path,
+                      cfx_error *err)
+{
+    hid_t g = open_group(f, "model", "no /model group: not a cfx checkpoint", path, err);
+    if (g < 0)
+        return -1;
+    int rc = 0;
+    for (int i = 0; i < np && rc == 0; i++) {
+        char label[64], full[64];
+        snprintf(label, sizeof label, "parameter %s", p[i].key);
+        snprintf(full, sizeof full, "/model/%s", p[i].key);
+        rc = read_floats(g, p[i].key, label, full, &p[i], params ? params + p[i].offset : NULL,
+                         path, err);
+    }
+    /* Anything else under /model belongs to another architecture. */
+    H5G_info_t info = {.nlinks = 0};
+    if (rc == 0 && H5Gget_info(g, &info) < 0)
+        rc = read_error(path, "/model", err);
+    for (hsize_t k = 0; rc == 0 && k < info.nlinks; k++) {
+        char name[256];
+        if (H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, k, name, sizeof name,
+                               H5P_DEFAULT) < 0) {
+            rc = read_error(path, "/model", err);
+            break;
+        }
+        int known = 0;
+        for (int i = 0; i < np && !known; i++)
+            known = strcmp(name, p[i].key) == 0;
+        if (!known)
+            rc = cfx_fail(err,
+                          "%s: parameter %s is in the file but not in the model (the "
+                          "checkpoint was written for another layer list)",
+                          path, name);
+    }
+    H5Gclose(g);
+    return rc;
+}
+
+/* Reads optimizer step and buffers into step, m, v (v only for Adam).
+ * Hyperparameters stay as configured for this run. */
+static int read_optim(hid_t f, const cfx_optim *o, const param_info *p, int np, long *step,
+                      float *m, float *v, const char *path, cfx_error *err)
+{
+    hid_t g =
+        open_group(f, "optimizer", "no optimizer state (/optimizer) in the checkpoint", path, err);
+    if (g < 0)
+        return -1;
+    cfx_h5_err e = {0};
+    char *name = NULL;
+    int64_t step64 = 0;
+    int adam = o->kind == CFX_OPTIM_ADAM, rc = 0;
+    if (cfx_h5_get_str(g, "/optimizer", "name", &name, &e) < 0 ||
+        cfx_h5_get_num(g, "/optimizer", "step", H5T_NATIVE_INT64, &step64, &e) < 0)
+        rc = attr_error(path, "/optimizer", &e, err);
+    else if (strcmp(name, adam ? "adam" : "sgd") != 0)
+        rc = cfx_fail(err, "%s: the checkpoint holds '%s' optimizer state, this run uses '%s'",
+                      path, name, adam ? "adam" : "sgd");
+    *step = (long)step64;
+    for (int i = 0; i < np && rc == 0; i++) {
+        const char *names[2] = {"exp_avg", "exp_avg_sq"};
+        float *bufs[2] = {m, v};
+        int nbuf = adam ? 2 : 1;
+        if (!adam) {
+            names[0] = "momentum_buffer";
+            /* No buffer (momentum was 0): m stays zero (calloc'd), which torch's
+             * first step treats the same. */
+            char rel[64];
+            snprintf(rel, sizeof rel, "%.31s/momentum_buffer", p[i].key);
+            int has = o->momentum == 0.0 ? 0 : path_exists(g, rel);
+            if (has < 0) {
+                char full[80];
+                snprintf(full, sizeof full, "/optimizer/%s", rel);
+                rc = read_error(path, full, err);
+                break;
+            }
+            if (!has)
+                continue;
+        }
+        for (int b = 0; b < nbuf && rc == 0; b++) {
+            char rel[64], full[80];
+            snprintf(rel, sizeof rel, "%.31s/%s", p[i].key, names[b]);
+            snprintf(full, sizeof full, "/optimizer/%s", rel);
+            rc = read_floats(g, rel, full, full, &p[i], bufs[b] + p[i].offset, path, err);
+        }
+    }
+    free(name);
+    H5Gclose(g);
+    return rc;
+}
+
+static int read_state(hid_t f, cfx_train_state *s, const char *path, cfx_error *err)
+{
+    hid_t g = open_group(f, "train_state", "no training state (/train_state) in the checkpoint",
+                         path, err);
+    if (g < 0)
+        return -1;
+    cfx_h5_err e = {0};
+    int64_t epoch, global_step, step_in_epoch, best_epoch;
+    const char *w = "/train_state";
+    int rc = cfx_h5_get_num(g, w, "epoch", H5T_NATIVE_INT64, &epoch, &e) ||
+             cfx_h5_get_num(g, w, "global_step", H5T_NATIVE_INT64, &global_step, &e) ||
+             cfx_h5_get_num(g, w, "step_in_epoch", H5T_NATIVE_INT64, &step_in_epoch, &e) ||
+             cfx_h5_get_num(g, w, "best_validation_accuracy", H5T_NATIVE_DOUBLE,
+                            &s->best_validation_accuracy, &e) ||
+             cfx_h5_get_num(g, w, "best_epoch", H5T_NATIVE_INT64, &best_epoch, &e) ||
+             cfx_h5_get_num(g, w, "epoch_loss_sum", H5T_NATIVE_DOUBLE, &s->epoch_loss_sum, &e) ||
+             cfx_h5_get_num(g, w, "epoch_correct", H5T_NATIVE_DOUBLE, &s->epoch_correct, &e) ||
+             cfx_h5_get_num(g, w, "seed", H5T_NATIVE_UINT64, &s->seed, &e) ||
+             cfx_h5_get_num(g, w, "split_seed", H5T_NATIVE_UINT64, &s->split_seed, &e);
+    H5Gclose(g);
+    if (rc)
+        return attr_error(path, "/train_state", &e, err);
+    s->epoch = (int)epoch;
+    s->global_step = (long)global_step;
+    s->step_in_epoch = (int)step_in_epoch;
+    s->best_epoch = (int)best_epoch;
+    return 0;
+}
+
+int cfx_checkpoint_read(const char *path, cfx_model *model, cfx_optim *optim,
+                        cfx_train_state *state, cfx_error *err)
+{
+    cfx_h5_quiet();
+    if (optim && optim->n != model->n_params)
+        return cfx_fail(err,
+                        "%s: cannot load: the optimizer holds %zu values, the model has %zu "
+                        "parameters",
+                        path, optim->n, model->n_params);
+    hid_t f = open_checkpoint(path, err);
+    if (f < 0)
+        return -1;
+    param_info p[MAX_PARAMS];
+    int np = list_params(model, p);
+    size_t n = model->n_params;
+    /* Everything is read into copies first: a failed load changes nothing. */
+    float *params = cfx_malloc(n * sizeof(float));
+    float *m = optim ? cfx_calloc(n, sizeof(float)) : NULL;
+    float *v = optim && optim->v ? cfx_calloc(n, sizeof(float)) : NULL;
+    long step = 0;
+    cfx_train_state st = {0};
+    int rc = read_model(f, p, np, NULL, path, err) || read_model(f, p, np, params, path, err) ||
+             (optim && read_optim(f, optim, p, np, &step, m, v, path, err)) ||
+             (state && read_state(f, &st, path, err));
+    H5Fclose(f);
+    if (!rc) {
+        memcpy(model->params, params, n * sizeof(float));
+        if (optim) {
+            optim->step = step;
+            memcpy(optim->m, m, n * sizeof(float));
+            if (v)
+                memcpy(optim->v, v, n * sizeof(float));
+        }
+        if (state)
+            *state = st;
+    }
+    free(params);
+    free(m);
+    free(v);
+    return rc ? -1 : 0;
+}
+
+int cfx_checkpoint_read_attr(const char *path, const char *name, char **value, cfx_error *err)
+{
+    cfx_h5_quiet();
+    hid_t f = open_checkpoint(path, err);
+    if (f < 0)
+        return -1;
+    cfx_h5_err e = {0};
+    int rc = cfx_h5_get_str(f, "/", name, value, &e);
+    H5Fclose(f);
+    if (rc)
+        return attr_error(path, "/", &e, err);
+    return 0;
+}
