@@ -26,4 +26,10 @@ void cfx_dist_bcast(void *buf, size_t bytes);
 /* 1 on every rank if ok is non-zero on every rank. */
 int cfx_dist_all_ok(int ok);
 
+/* Collective: gathers each rank's error message (empty = none, or the
+ * failure was another rank's) and returns on rank 0 the first non-empty one,
+ * prefixed with "rank k: " when k != 0, in out; out is empty when no rank
+ * has a message. Lets rank 0 alone print. */
+void cfx_dist_first_error(const cfx_dist *d, const char *msg, char *out, size_t len);
+
 #endif

@@ -87,6 +87,8 @@ typedef struct {
     size_t bias_offset, n_bias;
     float *col;              /* conv2d: forward im2col, kept for backward */
     size_t col_size;         /* its length in floats */
+    double forward_seconds;  /* time spent in this layer since creation (profiling) */
+    double backward_seconds;
 } cfx_layer;
 
 /* Spare floats after the gradients: the trainer sends per-step statistics

@@ -14,6 +14,8 @@ enum {
     CFX_EXIT_OK = 0,
     CFX_EXIT_FAILURE = 1, /* bad data, I/O error, divergence */
     CFX_EXIT_USAGE = 2,   /* bad command line or config */
+    CFX_EXIT_STOPPED = 3, /* stopped by SIGTERM/SIGINT/SIGUSR1 after writing last.h5:
+                             resume with --resume (a SLURM script requeues on 3) */
 };
 
 /* OpenBLAS 0.3.21 does not know some recent CPUs and falls back to its
@@ -27,6 +29,7 @@ void cfx_blas_select_kernels(char **argv);
  * $CFX_BLAS_THREADS, else cores of the node / ranks on the node. */
 int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d);
 const char *cfx_blas_core(void);
+int cfx_blas_threads(void);
 
 typedef struct {
     int n;
@@ -41,12 +44,29 @@ void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n
                   cfx_eval_result *result, int *predictions, float *probs);
 
 typedef struct {
-    int quiet; /* rank 0 prints nothing but errors */
+    int quiet;               /* rank 0 prints nothing but errors */
+    const char *resume_path; /* continue from this last.h5, or NULL */
+    const char *config_text; /* the config as given, stored in checkpoints */
 } cfx_train_options;
 
-/* Trains the model of cfg on this rank's share; rank 0 validates, logs and
- * reports the test accuracy of the best weights. Every rank returns the same
- * status; err is filled on the rank(s) that failed. */
+/* Seconds spent in each part of the training steps of one epoch. */
+typedef struct {
+    double data, forward, backward, allreduce, optimizer, validation, checkpoint;
+} cfx_phase_times;
+
+/* Makes SIGTERM, SIGINT and SIGUSR1 request a clean stop: every rank stops
+ * after the same step and rank 0 writes last.h5. */
+void cfx_install_stop_handlers(void);
+
+/* Trains the model of cfg on this rank's share; rank 0 validates, logs,
+ * checkpoints and reports the test accuracy of the best weights.
+ * Returns 0 when training finished, 1 when it stopped on a signal after
+ * writing last.h5, -1 on failure (err filled on the rank(s) that failed). */
 int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, cfx_error *err);
+
+/* Loads the weights of a checkpoint into the model of cfg and prints the
+ * test loss and accuracy (rank 0). */
+int cfx_eval_checkpoint(const cfx_config *cfg, const cfx_dist *d, const char *path,
+                        cfx_error *err);
 
 #endif

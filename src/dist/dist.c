@@ -1,5 +1,8 @@
 /* MPI data parallelism; see include/cfx/dist.h. */
 #include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <mpi.h>
 
 #include "cfx/common.h" /* defines: cfx_now */
@@ -64,4 +67,27 @@ int cfx_dist_all_ok(int ok)
     int mine = ok != 0, all = 0;
     MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     return all;
+}
+
+void cfx_dist_first_error(const cfx_dist *d, const char *msg, char *out, size_t len)
+{
+    char mine[CFX_ERROR_LEN];
+    snprintf(mine, sizeof mine, "%s", msg ? msg : "");
+    char *all = d->rank == 0 ? cfx_malloc((size_t)d->size * CFX_ERROR_LEN) : NULL;
+    MPI_Gather(mine, CFX_ERROR_LEN, MPI_CHAR, all, CFX_ERROR_LEN, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (len)
+        out[0] = '\0';
+    if (d->rank != 0)
+        return;
+    for (int r = 0; r < d->size; r++) {
+        const char *m = all + (size_t)r * CFX_ERROR_LEN;
+        if (m[0]) {
+            if (r == 0)
+                snprintf(out, len, "%s", m);
+            else
+                snprintf(out, len, "rank %d: %s", r, m);
+            break;
+        }
+    }
+    free(all);
 }

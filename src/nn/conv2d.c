@@ -60,6 +60,15 @@ void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, 
                         if (ih < 0 || ih >= H)
                             continue;
                         float *dst = plane + (size_t)ih * W;
+                        if (stride == 1) {
+                            /* iw = ow + shift for ow in [lo, hi): a shifted add. */
+                            int shift = kw - pad;
+                            int lo = shift < 0 ? -shift : 0;
+                            int hi = W - shift < OW ? W - shift : OW;
+                            for (int ow = lo; ow < hi; ow++)
+                                dst[ow + shift] += src[ow];
+                            continue;
+                        }
                         for (int ow = 0; ow < OW; ow++) {
                             int iw = ow * stride - pad + kw;
                             if (iw >= 0 && iw < W)
@@ -88,6 +97,22 @@ void cfx_conv2d_forward(float *out, float *col, const float *in, const float *we
     }
 }
 
+/* Sum of x[0..n) in double, in 8 lanes the compiler vectorises. */
+static float row_sum(const float *x, int n)
+{
+    double lanes[8] = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++)
+            lanes[k] += x[j + k];
+    double s = 0.0;
+    for (int k = 0; k < 8; k++)
+        s += lanes[k];
+    for (; j < n; j++)
+        s += x[j];
+    return (float)s;
+}
+
 void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *dcol, const float *dout,
                          const float *col, const float *weight, int N, int C, int H, int W,
                          int OC, int K, int stride, int pad)
@@ -101,13 +126,8 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *dcol, 
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, dout, cols, col,
                 cols, 0.0f, dweight, ckk);
-    for (int oc = 0; oc < OC; oc++) {
-        const float *d = dout + (size_t)oc * cols;
-        double s = 0.0;
-        for (int j = 0; j < cols; j++)
-            s += d[j];
-        dbias[oc] = (float)s;
-    }
+    for (int oc = 0; oc < OC; oc++)
+        dbias[oc] = row_sum(dout + (size_t)oc * cols, cols);
     if (din) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ckk, cols, OC, 1.0f, weight, ckk,
                     dout, cols, 0.0f, dcol, cols);

@@ -144,6 +144,7 @@ const float *cfx_model_forward(cfx_model *m, int n)
 {
     for (int i = 0; i < m->n_layers; i++) {
         cfx_layer *L = &m->layers[i];
+        double t0 = cfx_now();
         const float *in = m->acts[i];
         float *out = m->acts[i + 1];
         const float *wt = m->params + L->weight_offset, *b = m->params + L->bias_offset;
@@ -165,6 +166,7 @@ const float *cfx_model_forward(cfx_model *m, int n)
             cfx_linear_forward(out, in, wt, b, n, L->in_c, L->out_c);
             break;
         }
+        L->forward_seconds += cfx_now() - t0;
     }
     return m->acts[m->n_layers];
 }
@@ -173,6 +175,7 @@ void cfx_model_backward(cfx_model *m, int n)
 {
     for (int i = m->n_layers - 1; i >= 0; i--) {
         cfx_layer *L = &m->layers[i];
+        double t0 = cfx_now();
         const float *dout = m->dacts[i + 1];
         float *din = m->dacts[i]; /* NULL for the input unless input_grad */
         float *dw = m->grads + L->weight_offset, *db = m->grads + L->bias_offset;
@@ -201,6 +204,7 @@ void cfx_model_backward(cfx_model *m, int n)
             cfx_linear_backward(din, dw, db, dout, m->acts[i], wt, n, L->in_c, L->out_c);
             break;
         }
+        L->backward_seconds += cfx_now() - t0;
     }
 }
 

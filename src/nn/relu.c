@@ -9,6 +9,8 @@ void cfx_relu_forward(float *out, const float *in, size_t n)
 
 void cfx_relu_backward(float *din, const float *dout, const float *out, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        din[i] = out[i] > 0.0f ? dout[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float g = dout[i]; /* loaded unconditionally so the loop vectorises */
+        din[i] = out[i] > 0.0f ? g : 0.0f;
+    }
 }

@@ -47,3 +47,5 @@ int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d)
 }
 
 const char *cfx_blas_core(void) { return openblas_get_corename(); }
+
+int cfx_blas_threads(void) { return openblas_get_num_threads(); }

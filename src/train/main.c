@@ -19,7 +19,8 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: cfx-train --config FILE [--set section.key=value ...] [--quiet]\n"
+            "usage: cfx-train --config FILE [--set section.key=value ...] [--resume PATH]\n"
+            "                 [--eval PATH] [--quiet]\n"
             "       mpirun -np N cfx-train --config FILE ...\n"
             "\n"
             "Trains the CNN described in FILE on CIFAR-10; every MPI rank trains a replica\n"
@@ -28,6 +29,8 @@ static void usage(FILE *out)
             "options:\n"
             "  --config FILE         INI run configuration (see configs/reference.ini)\n"
             "  --set KEY=VALUE       override a config key, e.g. --set optim.lr=3e-4\n"
+            "  --resume PATH         continue training from a checkpoint (checkpoints/last.h5)\n"
+            "  --eval PATH           print the test loss and accuracy of a checkpoint and exit\n"
             "  --quiet               print only errors\n"
             "  --print-config        print the effective configuration and exit\n"
             "  --help-config         print every config key with its default and meaning\n"
@@ -35,14 +38,15 @@ static void usage(FILE *out)
             "  --help                print this help and exit\n"
             "\n"
             "exit codes: 0 success, 1 runtime failure (data, I/O, divergence),\n"
-            "            2 bad command line or configuration\n");
+            "            2 bad command line or configuration,\n"
+            "            3 stopped by SIGTERM/SIGINT/SIGUSR1 after writing last.h5 (resume)\n");
 }
 
 int main(int argc, char **argv)
 {
     cfx_blas_select_kernels(argv); /* may re-execute this program; before MPI_Init */
 
-    const char *config_path = NULL;
+    const char *config_path = NULL, *resume_path = NULL, *eval_path = NULL;
     const char *overrides[MAX_OVERRIDES];
     int n_overrides = 0, quiet = 0, print_config = 0;
     for (int i = 1; i < argc; i++) {
@@ -66,6 +70,10 @@ int main(int argc, char **argv)
                 return CFX_EXIT_USAGE;
             }
             overrides[n_overrides++] = argv[++i];
+        } else if (!strcmp(a, "--resume") && i + 1 < argc) {
+            resume_path = argv[++i];
+        } else if (!strcmp(a, "--eval") && i + 1 < argc) {
+            eval_path = argv[++i];
         } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
             quiet = 1;
         } else if (!strcmp(a, "--print-config")) {
@@ -81,7 +89,7 @@ int main(int argc, char **argv)
     }
 
     cfx_config cfg;
-    cfx_error err;
+    cfx_error err = {{0}};
     if (cfx_config_load(&cfg, config_path, n_overrides, overrides, &err) != 0) {
         fprintf(stderr, "cfx-train: %s\n", err.msg);
         return CFX_EXIT_USAGE;
@@ -93,6 +101,12 @@ int main(int argc, char **argv)
         return CFX_EXIT_OK;
     }
 
+    if (resume_path && eval_path) {
+        fprintf(stderr, "cfx-train: --resume and --eval cannot be combined\n");
+        return CFX_EXIT_USAGE;
+    }
+
+    cfx_install_stop_handlers(); /* before MPI_Init: a signal during start-up is not lost */
     cfx_dist dist;
     cfx_dist_init(&dist, &argc, &argv);
     int threads = cfx_blas_setup(&cfg, &dist);
@@ -102,10 +116,24 @@ int main(int argc, char **argv)
                threads == 1 ? "" : "s", cfx_blas_core());
         fflush(stdout);
     }
-    cfx_train_options opt = {.quiet = quiet};
-    int rc = cfx_train(&cfg, &dist, &opt, &err);
-    if (rc != 0)
-        fprintf(stderr, "cfx-train: %s%s\n", dist.size > 1 ? "" : "", err.msg);
+    int rc, exit_code;
+    if (eval_path) {
+        rc = cfx_eval_checkpoint(&cfg, &dist, eval_path, &err);
+        exit_code = rc == 0 ? CFX_EXIT_OK : CFX_EXIT_FAILURE;
+    } else {
+        char *config_text = cfx_config_to_ini(&cfg);
+        cfx_train_options opt = {
+            .quiet = quiet, .resume_path = resume_path, .config_text = config_text};
+        rc = cfx_train(&cfg, &dist, &opt, &err);
+        free(config_text);
+        exit_code = rc == 0 ? CFX_EXIT_OK : rc == 1 ? CFX_EXIT_STOPPED : CFX_EXIT_FAILURE;
+    }
+    char first[CFX_ERROR_LEN + 32];
+    cfx_dist_first_error(&dist, rc < 0 ? err.msg : "", first, sizeof first);
+    if (first[0])
+        fprintf(stderr, "cfx-train: %s\n", first);
+    if (rc < 0 || first[0])
+        exit_code = CFX_EXIT_FAILURE;
     cfx_dist_finalize();
-    return rc == 0 ? CFX_EXIT_OK : CFX_EXIT_FAILURE;
+    return exit_code;
 }

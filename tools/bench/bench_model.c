@@ -1,0 +1,127 @@
+/* cfx-bench-model: where one training step's time goes, layer by layer.
+ *
+ *   cfx-bench-model [--config FILE] [--batch N] [--steps N] [--threads N]
+ *
+ * Runs forward + loss + backward + Adam on random images for the model of
+ * the config (default configs/seed.ini) and prints per-layer milliseconds and
+ * GFLOP/s, the whole step, and the SGEMM peak measured on this machine. */
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cfx/config.h" /* defines: cfx_config_load */
+#include "cfx/nn.h"     /* defines: cfx_model */
+#include "cfx/optim.h"  /* defines: cfx_optim */
+#include "cfx/rng.h"    /* defines: cfx_rng */
+#include "cfx/train.h"  /* defines: cfx_blas_select_kernels, cfx_blas_core */
+
+static double sgemm_peak(int n, int reps)
+{
+    float *a = cfx_calloc((size_t)n * n, sizeof(float)), *b = cfx_calloc((size_t)n * n, 4),
+          *c = cfx_calloc((size_t)n * n, 4);
+    for (size_t i = 0; i < (size_t)n * n; i++)
+        a[i] = b[i] = 1e-3f * (float)(i % 97);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+    double t = cfx_now();
+    for (int r = 0; r < reps; r++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+    t = cfx_now() - t;
+    free(a), free(b), free(c);
+    return 2.0 * n * (double)n * n * reps / t * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+    cfx_blas_select_kernels(argv);
+    const char *config = "configs/seed.ini";
+    int batch = 64, steps = 50, threads = 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            config = argv[++i];
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc)
+            batch = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: cfx-bench-model [--config FILE] [--batch N] [--steps N] "
+                            "[--threads N]\n");
+            return 2;
+        }
+    }
+    cfx_config cfg;
+    cfx_error err;
+    if (cfx_config_load(&cfg, config, 0, NULL, &err) != 0) {
+        fprintf(stderr, "cfx-bench-model: %s\n", err.msg);
+        return 2;
+    }
+    openblas_set_num_threads(threads);
+    cfx_model m;
+    cfx_optim opt;
+    if (cfx_model_create(&m, cfg.layers, cfg.n_layers, 3, 32, 32, batch, 0, &err) != 0 ||
+        cfx_optim_create(&opt, &cfg, m.n_params, &err) != 0) {
+        fprintf(stderr, "cfx-bench-model: %s\n", err.msg);
+        return 2;
+    }
+    cfx_model_init_params(&m, 1);
+    cfx_rng rng;
+    cfx_rng_seed(&rng, 7);
+    for (int i = 0; i < 3 * 32 * 32 * batch; i++)
+        m.acts[0][i] = 2.0f * cfx_rng_float(&rng) - 1.0f;
+    int *labels = cfx_malloc((size_t)batch * sizeof *labels);
+    for (int i = 0; i < batch; i++)
+        labels[i] = i % m.n_classes;
+
+    double t_loss = 0, t_opt = 0, t_total = 0;
+    for (int s = -3; s < steps; s++) {
+        if (s == 0) { /* warm-up done: reset the layer clocks */
+            for (int i = 0; i < m.n_layers; i++)
+                m.layers[i].forward_seconds = m.layers[i].backward_seconds = 0;
+            t_loss = t_opt = 0;
+            t_total = cfx_now();
+        }
+        const float *logits = cfx_model_forward(&m, batch);
+        double t = cfx_now(), loss = 0;
+        long correct = 0;
+        cfx_softmax_xent(logits, labels, batch, m.n_classes, 1.0f / batch, m.dacts[m.n_layers],
+                         &loss, &correct);
+        t_loss += cfx_now() - t;
+        cfx_model_backward(&m, batch);
+        t = cfx_now();
+        cfx_optim_step(&opt, m.params, m.grads);
+        t_opt += cfx_now() - t;
+    }
+    t_total = cfx_now() - t_total;
+
+    printf("OpenBLAS core %s, %d thread(s), batch %d, %d steps\n", cfx_blas_core(), threads,
+           batch, steps);
+    printf("%-3s %-42s %9s %9s %9s %9s\n", "#", "layer", "fwd ms", "bwd ms", "fwd GF/s",
+           "bwd GF/s");
+    double flops_step = 0;
+    for (int i = 0; i < m.n_layers; i++) {
+        cfx_layer *L = &m.layers[i];
+        char spec[128];
+        cfx_layer_spec_format(&L->spec, spec, sizeof spec);
+        double f = 0;
+        if (L->spec.type == CFX_LAYER_CONV2D)
+            f = 2.0 * (double)L->n_weight * L->out_h * L->out_w * batch;
+        else if (L->spec.type == CFX_LAYER_LINEAR)
+            f = 2.0 * (double)L->n_weight * batch;
+        double fb = i == 0 ? f : 2 * f; /* the first layer needs no input gradient */
+        flops_step += f + fb;
+        double fms = 1e3 * L->forward_seconds / steps, bms = 1e3 * L->backward_seconds / steps;
+        printf("%-3d %-42s %9.3f %9.3f %9.1f %9.1f\n", i, spec, fms, bms,
+               f ? f / (fms * 1e6) : 0.0, f ? fb / (bms * 1e6) : 0.0);
+    }
+    double ms = 1e3 * t_total / steps;
+    printf("loss %.3f ms, optimizer %.3f ms\n", 1e3 * t_loss / steps, 1e3 * t_opt / steps);
+    printf("step %.3f ms = %.0f images/s, %.1f GFLOP/s (%.2f MFLOP/image)\n", ms,
+           batch / (ms * 1e-3), flops_step / (ms * 1e6), flops_step / batch * 1e-6);
+    printf("SGEMM peak (1024^3, %d thread(s)): %.1f GFLOP/s\n", threads, sgemm_peak(1024, 10));
+    free(labels);
+    cfx_optim_free(&opt);
+    cfx_model_free(&m);
+    return 0;
+}
