@@ -246,8 +246,8 @@ static void test_backward(void **state)
             db[i] = NAN;
 
         cfx_conv2d_forward(out, col, in, w, b, s->N, s->C, s->H, s->W, s->OC, s->K, s->S, s->P);
-        cfx_conv2d_backward(din, dw, db, dcol, dout, col, w, s->N, s->C, s->H, s->W, s->OC, s->K,
-                            s->S, s->P);
+        cfx_conv2d_backward(din, dw, db, col, dcol, dout, in, w, s->N, s->C, s->H, s->W, s->OC,
+                            s->K, s->S, s->P);
 
         /* Direct: every (output, tap) pair adds to one weight and one pixel. */
         for (int n = 0; n < s->N; n++)

@@ -191,11 +191,11 @@ static void test_conv2d_grad(void **state)
         fill_value(db, s.OC, SENTINEL);
 
         conv_objective(&c);
-        cfx_conv2d_backward(din, dw, db, dcol, c.R, c.col, c.w, s.N, s.C, s.H, s.W, s.OC, s.K, s.S,
-                            s.P);
+        cfx_conv2d_backward(din, dw, db, c.col, dcol, c.R, c.in, c.w, s.N, s.C, s.H, s.W, s.OC,
+                            s.K, s.S, s.P);
         /* din = NULL must not change the parameter gradients. */
-        cfx_conv2d_backward(NULL, dw2, db2, dcol, c.R, c.col, c.w, s.N, s.C, s.H, s.W, s.OC, s.K,
-                            s.S, s.P);
+        cfx_conv2d_backward(NULL, dw2, db2, c.col, dcol, c.R, c.in, c.w, s.N, s.C, s.H, s.W, s.OC,
+                            s.K, s.S, s.P);
         assert_close(dw2, dw, n_w, 0.0, "conv2d dweight with din = NULL");
         assert_close(db2, db, s.OC, 0.0, "conv2d dbias with din = NULL");
 

@@ -34,18 +34,29 @@ void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, 
 void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, int stride,
                 int pad, int OH, int OW);
 
+/* Bytes of im2col workspace a convolution uses at once: the mini-batch is
+ * processed in chunks of images whose columns fit this budget, so the im2col
+ * matrix stays in cache between its writing and the GEMM that reads it. */
+#define CFX_CONV_CHUNK_BYTES (256 * 1024)
+
+/* Images per chunk for a convolution over N images (at least 1). */
+int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW);
+
 /* out[OC][N][OH][OW] = conv(in[C][N][H][W], weight[OC][C][K][K]) + bias[OC].
- * col is workspace of C*K*K*N*OH*OW floats and keeps the im2col of `in`,
- * which the backward pass reuses. */
+ * col is workspace of C*K*K * chunk*OH*OW floats (chunk = cfx_conv2d_chunk). */
 void cfx_conv2d_forward(float *out, float *col, const float *in, const float *weight,
                         const float *bias, int N, int C, int H, int W, int OC, int K, int stride,
                         int pad);
-/* Gradients of the convolution given dout: dweight and dbias are
- * overwritten; din (may be NULL) is overwritten. col must still hold the
- * forward im2col; dcol is workspace of the same size. */
-void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *dcol, const float *dout,
-                         const float *col, const float *weight, int N, int C, int H, int W,
-                         int OC, int K, int stride, int pad);
+/* The same followed by ReLU, applied while each chunk is still in cache. */
+void cfx_conv2d_relu_forward(float *out, float *col, const float *in, const float *weight,
+                             const float *bias, int N, int C, int H, int W, int OC, int K,
+                             int stride, int pad);
+/* Gradients of the convolution of `in` given dout: dweight and dbias are
+ * overwritten; din (may be NULL) is overwritten. col and dcol are workspaces
+ * of the size cfx_conv2d_forward's col has. */
+void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, float *dcol,
+                         const float *dout, const float *in, const float *weight, int N, int C,
+                         int H, int W, int OC, int K, int stride, int pad);
 
 void cfx_relu_forward(float *out, const float *in, size_t n);
 /* din = dout where out > 0, else 0. */
@@ -57,6 +68,10 @@ void cfx_maxpool_forward(float *out, const float *in, int planes, int H, int W, 
                          int stride);
 void cfx_maxpool_backward(float *din, const float *dout, const float *in, int planes, int H,
                           int W, int K, int stride);
+/* The same for a pool whose input is a ReLU output, with the ReLU's backward
+ * folded in: the gradient reaches the window's maximum only if it is > 0. */
+void cfx_maxpool_relu_backward(float *din, const float *dout, const float *in, int planes,
+                               int H, int W, int K, int stride);
 
 /* [C][N][HW] <-> [N][C*HW]. */
 void cfx_flatten_forward(float *out, const float *in, int N, int C, int HW);
@@ -85,8 +100,11 @@ typedef struct {
     int flat_out;            /* output in [N][F] layout (after flatten or linear) */
     size_t weight_offset, n_weight; /* into cfx_model.params, 0 if none */
     size_t bias_offset, n_bias;
-    float *col;              /* conv2d: forward im2col, kept for backward */
-    size_t col_size;         /* its length in floats */
+    size_t col_size;         /* conv2d: im2col workspace it needs, in floats */
+    int fused;               /* conv2d: applies the next layer's ReLU itself;
+                                relu: works in place (output = input buffer) and its
+                                backward is done by the layer before or after it;
+                                maxpool2d: its backward applies the previous ReLU's */
     double forward_seconds;  /* time spent in this layer since creation (profiling) */
     double backward_seconds;
 } cfx_layer;
@@ -104,17 +122,28 @@ typedef struct {
     float *params;
     float *grads;                      /* n_params + CFX_GRAD_TAIL floats */
     int max_batch;
-    int input_grad;                    /* compute dacts[0] (saliency) */
+    int flags;                         /* CFX_MODEL_* given at creation */
     float *acts[CFX_MAX_LAYERS + 1];   /* acts[0] input, acts[i+1] output of layer i */
     float *dacts[CFX_MAX_LAYERS + 1];  /* their gradients */
-    float *dcol;                       /* shared conv backward workspace */
+    float *col, *dcol;                 /* conv workspaces, shared by all layers */
 } cfx_model;
+
+/* Flags of cfx_model_create. */
+enum {
+    CFX_MODEL_INPUT_GRAD = 1, /* backward also computes dacts[0] (saliency maps) */
+    CFX_MODEL_KEEP_ACTIVATIONS = 2, /* every layer keeps its own output: no in-place
+                                       ReLU fused into conv2d / maxpool2d (for showing
+                                       pre-activation feature maps) */
+};
 
 /* Builds the model for images in_c x in_h x in_w and mini-batches of up to
  * max_batch images; checks that the layer list fits together and ends in a
- * flat output. Parameters are zero until cfx_model_init_params. */
+ * flat output. Parameters are zero until cfx_model_init_params. By default a
+ * ReLU after a conv2d works in place inside the convolution (and inside the
+ * backward of a following maxpool2d), which saves memory passes; the math is
+ * the same. */
 int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int in_c, int in_h,
-                     int in_w, int max_batch, int input_grad, cfx_error *err);
+                     int in_w, int max_batch, int flags, cfx_error *err);
 void cfx_model_free(cfx_model *m);
 
 /* PyTorch's default init: weights kaiming_uniform(a = sqrt 5) and biases
@@ -126,7 +155,8 @@ void cfx_model_init_params(cfx_model *m, uint64_t seed);
 const float *cfx_model_forward(cfx_model *m, int n);
 
 /* Backward pass from dacts[n_layers] (the loss gradient of the logits);
- * overwrites grads (zero when n = 0) and, with input_grad, dacts[0]. */
+ * overwrites grads (zero when n = 0) and, with CFX_MODEL_INPUT_GRAD,
+ * dacts[0]. */
 void cfx_model_backward(cfx_model *m, int n);
 
 /* PyTorch state_dict name of layer i's parameter: "<i>.weight" / "<i>.bias". */

@@ -4,20 +4,77 @@
 
 #include "cfx/nn.h" /* defines: cfx_conv2d_forward, cfx_im2col, cfx_col2im */
 
-void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, int stride,
-                int pad, int OH, int OW)
+/* Rows are short (8 to 32 floats): plain loops beat memset/memcpy calls, so
+ * keep GCC from turning them back into library calls. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define CFX_INLINE_COPIES __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define CFX_INLINE_COPIES
+#endif
+
+/* im2col for "same" convolutions (stride 1, output size = input size): each
+ * row of col is the whole image shifted by one offset, so it is one long
+ * copy, then the columns that fell off the left or right edge are zeroed. */
+CFX_INLINE_COPIES static void im2col_same(float *col, const float *in, int N, int n0, int count,
+                                          int C, int H, int W, int K, int pad)
 {
-    const size_t ohw = (size_t)OH * OW, row_len = (size_t)N * ohw;
+    const int hw = H * W;
+    for (int c = 0; c < C; c++)
+        for (int kh = 0; kh < K; kh++)
+            for (int kw = 0; kw < K; kw++) {
+                const int dy = kh - pad, dx = kw - pad, offset = dy * W + dx;
+                /* Output rows whose source row exists, and the part of the flat
+                 * index range that stays inside the plane. */
+                int oh_lo = dy < 0 ? -dy : 0, oh_hi = H - (dy > 0 ? dy : 0);
+                if (oh_hi < oh_lo)
+                    oh_hi = oh_lo;
+                int j_lo = oh_lo * W, j_hi = oh_hi * W;
+                if (j_lo < -offset)
+                    j_lo = -offset;
+                if (j_hi > hw - offset)
+                    j_hi = hw - offset;
+                float *dst = col + ((size_t)(c * K + kh) * K + kw) * count * hw;
+                for (int n = n0; n < n0 + count; n++, dst += hw) {
+                    const float *plane = in + ((size_t)c * N + n) * hw;
+                    for (int j = 0; j < j_lo; j++)
+                        dst[j] = 0.0f;
+                    for (int j = j_lo; j < j_hi; j++)
+                        dst[j] = plane[j + offset];
+                    for (int j = j_hi > j_lo ? j_hi : j_lo; j < hw; j++)
+                        dst[j] = 0.0f;
+                    /* Columns [x_lo, x_hi) read a pixel of the same row. */
+                    int x_lo = dx < 0 ? -dx : 0, x_hi = dx > 0 ? W - dx : W;
+                    for (int oh = oh_lo; oh < oh_hi; oh++) {
+                        float *row = dst + (size_t)oh * W;
+                        for (int ow = 0; ow < x_lo && ow < W; ow++)
+                            row[ow] = 0.0f;
+                        for (int ow = x_hi > 0 ? x_hi : 0; ow < W; ow++)
+                            row[ow] = 0.0f;
+                    }
+                }
+            }
+}
+
+/* im2col of images [n0, n0 + count) of a batch of N: col has count*OH*OW columns. */
+CFX_INLINE_COPIES static void im2col_range(float *col, const float *in, int N, int n0, int count, int C, int H,
+                         int W, int K, int stride, int pad, int OH, int OW)
+{
+    const size_t ohw = (size_t)OH * OW, row_len = (size_t)count * ohw;
+    if (stride == 1 && OH == H && OW == W) {
+        im2col_same(col, in, N, n0, count, C, H, W, K, pad);
+        return;
+    }
     for (int c = 0; c < C; c++)
         for (int kh = 0; kh < K; kh++)
             for (int kw = 0; kw < K; kw++) {
                 float *dst = col + ((size_t)(c * K + kh) * K + kw) * row_len;
-                for (int n = 0; n < N; n++) {
+                for (int n = n0; n < n0 + count; n++) {
                     const float *plane = in + ((size_t)c * N + n) * H * W;
                     for (int oh = 0; oh < OH; oh++, dst += OW) {
                         int ih = oh * stride - pad + kh;
                         if (ih < 0 || ih >= H) {
-                            memset(dst, 0, (size_t)OW * sizeof *dst);
+                            for (int ow = 0; ow < OW; ow++)
+                                dst[ow] = 0.0f;
                             continue;
                         }
                         const float *src = plane + (size_t)ih * W;
@@ -30,10 +87,12 @@ void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, 
                                 lo = OW;
                             if (hi < lo)
                                 hi = lo;
-                            memset(dst, 0, (size_t)lo * sizeof *dst);
-                            if (hi > lo)
-                                memcpy(dst + lo, src + lo + shift, (size_t)(hi - lo) * sizeof *dst);
-                            memset(dst + hi, 0, (size_t)(OW - hi) * sizeof *dst);
+                            for (int ow = 0; ow < lo; ow++)
+                                dst[ow] = 0.0f;
+                            for (int ow = lo; ow < hi; ow++)
+                                dst[ow] = src[ow + shift];
+                            for (int ow = hi; ow < OW; ow++)
+                                dst[ow] = 0.0f;
                         } else {
                             for (int ow = 0; ow < OW; ow++) {
                                 int iw = ow * stride - pad + kw;
@@ -45,15 +104,22 @@ void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, 
             }
 }
 
-void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, int stride,
+void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, int stride,
                 int pad, int OH, int OW)
 {
-    const size_t ohw = (size_t)OH * OW, row_len = (size_t)N * ohw;
+    im2col_range(col, in, N, 0, N, C, H, W, K, stride, pad, OH, OW);
+}
+
+/* The adjoint of im2col_range: adds the columns into images [n0, n0 + count). */
+static void col2im_range(float *in, const float *col, int N, int n0, int count, int C, int H,
+                         int W, int K, int stride, int pad, int OH, int OW)
+{
+    const size_t ohw = (size_t)OH * OW, row_len = (size_t)count * ohw;
     for (int c = 0; c < C; c++)
         for (int kh = 0; kh < K; kh++)
             for (int kw = 0; kw < K; kw++) {
                 const float *src = col + ((size_t)(c * K + kh) * K + kw) * row_len;
-                for (int n = 0; n < N; n++) {
+                for (int n = n0; n < n0 + count; n++) {
                     float *plane = in + ((size_t)c * N + n) * H * W;
                     for (int oh = 0; oh < OH; oh++, src += OW) {
                         int ih = oh * stride - pad + kh;
@@ -79,22 +145,59 @@ void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, 
             }
 }
 
+void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, int stride,
+                int pad, int OH, int OW)
+{
+    col2im_range(in, col, N, 0, N, C, H, W, K, stride, pad, OH, OW);
+}
+
+int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW)
+{
+    size_t per_image = (size_t)C * K * K * OH * OW * sizeof(float);
+    size_t budget = CFX_CONV_CHUNK_BYTES;
+    int chunk = (int)(budget / (per_image ? per_image : 1));
+    if (chunk < 1)
+        chunk = 1;
+    return chunk < N ? chunk : N;
+}
+
+static void conv2d_forward(float *out, float *col, const float *in, const float *weight,
+                           const float *bias, int N, int C, int H, int W, int OC, int K,
+                           int stride, int pad, int relu)
+{
+    int OH = cfx_window_out(H, K, stride, pad), OW = cfx_window_out(W, K, stride, pad);
+    const int ckk = C * K * K, ohw = OH * OW, ld = N * ohw;
+    const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW);
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+        int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
+        im2col_range(col, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
+        float *o = out + (size_t)n0 * ohw;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, cols, ckk, 1.0f, weight, ckk,
+                    col, cols, 0.0f, o, ld);
+        for (int oc = 0; oc < OC; oc++) {
+            float b = bias[oc], *row = o + (size_t)oc * ld;
+            if (relu)
+                for (int j = 0; j < cols; j++)
+                    row[j] = row[j] + b > 0.0f ? row[j] + b : 0.0f;
+            else
+                for (int j = 0; j < cols; j++)
+                    row[j] += b;
+        }
+    }
+}
+
 void cfx_conv2d_forward(float *out, float *col, const float *in, const float *weight,
                         const float *bias, int N, int C, int H, int W, int OC, int K, int stride,
                         int pad)
 {
-    int OH = cfx_window_out(H, K, stride, pad), OW = cfx_window_out(W, K, stride, pad);
-    int ckk = C * K * K, cols = N * OH * OW;
-    if (cols == 0)
-        return;
-    cfx_im2col(col, in, N, C, H, W, K, stride, pad, OH, OW);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, cols, ckk, 1.0f, weight, ckk, col,
-                cols, 0.0f, out, cols);
-    for (int oc = 0; oc < OC; oc++) {
-        float b = bias[oc], *o = out + (size_t)oc * cols;
-        for (int j = 0; j < cols; j++)
-            o[j] += b;
-    }
+    conv2d_forward(out, col, in, weight, bias, N, C, H, W, OC, K, stride, pad, 0);
+}
+
+void cfx_conv2d_relu_forward(float *out, float *col, const float *in, const float *weight,
+                             const float *bias, int N, int C, int H, int W, int OC, int K,
+                             int stride, int pad)
+{
+    conv2d_forward(out, col, in, weight, bias, N, C, H, W, OC, K, stride, pad, 1);
 }
 
 /* Sum of x[0..n) in double, in 8 lanes the compiler vectorises. */
@@ -113,25 +216,32 @@ static float row_sum(const float *x, int n)
     return (float)s;
 }
 
-void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *dcol, const float *dout,
-                         const float *col, const float *weight, int N, int C, int H, int W,
-                         int OC, int K, int stride, int pad)
+void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, float *dcol,
+                         const float *dout, const float *in, const float *weight, int N, int C,
+                         int H, int W, int OC, int K, int stride, int pad)
 {
     int OH = cfx_window_out(H, K, stride, pad), OW = cfx_window_out(W, K, stride, pad);
-    int ckk = C * K * K, cols = N * OH * OW;
-    if (cols == 0) {
+    const int ckk = C * K * K, ohw = OH * OW, ld = N * ohw;
+    if (N == 0) {
         memset(dweight, 0, (size_t)OC * ckk * sizeof *dweight);
         memset(dbias, 0, (size_t)OC * sizeof *dbias);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, dout, cols, col,
-                cols, 0.0f, dweight, ckk);
     for (int oc = 0; oc < OC; oc++)
-        dbias[oc] = row_sum(dout + (size_t)oc * cols, cols);
-    if (din) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ckk, cols, OC, 1.0f, weight, ckk,
-                    dout, cols, 0.0f, dcol, cols);
-        memset(din, 0, (size_t)C * N * H * W * sizeof *din);
-        cfx_col2im(din, dcol, N, C, H, W, K, stride, pad, OH, OW);
+        dbias[oc] = row_sum(dout + (size_t)oc * ld, ld);
+    const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW);
+    for (int n0 = 0; n0 < N; n0 += chunk) {
+        int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
+        const float *d = dout + (size_t)n0 * ohw;
+        im2col_range(col, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, d, ld, col,
+                    cols, n0 == 0 ? 0.0f : 1.0f, dweight, ckk);
+        if (!din)
+            continue;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ckk, cols, OC, 1.0f, weight, ckk, d,
+                    ld, 0.0f, dcol, cols);
+        for (int c = 0; c < C; c++)
+            memset(din + ((size_t)c * N + n0) * H * W, 0, (size_t)cn * H * W * sizeof *din);
+        col2im_range(din, dcol, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
     }
 }

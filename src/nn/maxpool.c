@@ -25,7 +25,7 @@ static void maxpool2x2_forward(float *out, const float *in, int planes, int H, i
 /* Writes every element of din once: the gradient at the window's first
  * maximum (row-major order, as PyTorch), zero elsewhere. */
 static void maxpool2x2_backward(float *din, const float *dout, const float *in, int planes,
-                                int H, int W)
+                                int H, int W, int relu)
 {
     int OH = H / 2, OW = W / 2;
     for (int p = 0; p < planes; p++) {
@@ -40,6 +40,8 @@ static void maxpool2x2_backward(float *din, const float *dout, const float *in, 
                 float g = d[oh * OW + ow];
                 /* Branch-free first-maximum selection (the loop vectorises). */
                 float top = b > a ? b : a, bottom = e > c ? e : c;
+                if (relu) /* the input is a ReLU output: no gradient where the max is 0 */
+                    g = (bottom > top ? bottom : top) > 0.0f ? g : 0.0f;
                 int use_bottom = bottom > top, use_top = 1 - use_bottom;
                 int top_b = b > a, bottom_e = e > c;
                 g0[2 * ow] = g * (float)(use_top * (1 - top_b));
@@ -78,11 +80,11 @@ void cfx_maxpool_forward(float *out, const float *in, int planes, int H, int W, 
     }
 }
 
-void cfx_maxpool_backward(float *din, const float *dout, const float *in, int planes, int H,
-                          int W, int K, int stride)
+static void maxpool_backward(float *din, const float *dout, const float *in, int planes, int H,
+                             int W, int K, int stride, int relu)
 {
     if (K == 2 && stride == 2) {
-        maxpool2x2_backward(din, dout, in, planes, H, W);
+        maxpool2x2_backward(din, dout, in, planes, H, W, relu);
         return;
     }
     int OH = cfx_window_out(H, K, stride, 0), OW = cfx_window_out(W, K, stride, 0);
@@ -103,7 +105,20 @@ void cfx_maxpool_backward(float *din, const float *dout, const float *in, int pl
                             arg = at;
                         }
                     }
-                dsrc[arg] += d[oh * OW + ow];
+                if (!relu || best > 0.0f)
+                    dsrc[arg] += d[oh * OW + ow];
             }
     }
+}
+
+void cfx_maxpool_backward(float *din, const float *dout, const float *in, int planes, int H,
+                          int W, int K, int stride)
+{
+    maxpool_backward(din, dout, in, planes, H, W, K, stride, 0);
+}
+
+void cfx_maxpool_relu_backward(float *din, const float *dout, const float *in, int planes,
+                               int H, int W, int K, int stride)
+{
+    maxpool_backward(din, dout, in, planes, H, W, K, stride, 1);
 }

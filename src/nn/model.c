@@ -24,7 +24,7 @@ void cfx_param_name(char *buf, size_t len, int layer, int is_bias)
 }
 
 int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int in_c, int in_h,
-                     int in_w, int max_batch, int input_grad, cfx_error *err)
+                     int in_w, int max_batch, int flags, cfx_error *err)
 {
     memset(m, 0, sizeof *m);
     if (n_specs < 1 || n_specs > CFX_MAX_LAYERS)
@@ -34,7 +34,8 @@ int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int
     m->n_layers = n_specs;
     m->in_c = in_c, m->in_h = in_h, m->in_w = in_w;
     m->max_batch = max_batch;
-    m->input_grad = input_grad;
+    m->flags = flags;
+    const int input_grad = flags & CFX_MODEL_INPUT_GRAD;
     int c = in_c, h = in_h, w = in_w, flat = 0;
     size_t offset = 0, col_max = 0;
     for (int i = 0; i < n_specs; i++) {
@@ -58,7 +59,8 @@ int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int
             if (s->type == CFX_LAYER_CONV2D) {
                 L->n_weight = (size_t)s->out_channels * c * s->kernel * s->kernel;
                 L->n_bias = (size_t)s->out_channels;
-                L->col_size = (size_t)c * s->kernel * s->kernel * oh * ow * max_batch;
+                L->col_size = (size_t)c * s->kernel * s->kernel * oh * ow *
+                              cfx_conv2d_chunk(max_batch, c, s->kernel, oh, ow);
                 if (L->col_size > col_max)
                     col_max = L->col_size;
                 c = s->out_channels;
@@ -95,7 +97,21 @@ int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int
     m->n_params = offset;
     m->params = cfx_calloc(offset, sizeof(float));
     m->grads = cfx_calloc(offset + CFX_GRAD_TAIL, sizeof(float));
+    /* A ReLU right after a conv2d runs inside it, in place; a maxpool2d right
+     * after such a ReLU also does the ReLU's backward. */
+    if (!(flags & CFX_MODEL_KEEP_ACTIVATIONS))
+        for (int i = 1; i < n_specs; i++)
+            if (specs[i].type == CFX_LAYER_RELU && specs[i - 1].type == CFX_LAYER_CONV2D) {
+                m->layers[i - 1].fused = m->layers[i].fused = 1;
+                if (i + 1 < n_specs && specs[i + 1].type == CFX_LAYER_MAXPOOL2D)
+                    m->layers[i + 1].fused = 1;
+            }
     for (int i = 0; i <= n_specs; i++) {
+        if (i > 0 && m->layers[i - 1].spec.type == CFX_LAYER_RELU && m->layers[i - 1].fused) {
+            m->acts[i] = m->acts[i - 1]; /* in place: shares the conv's buffers */
+            m->dacts[i] = m->dacts[i - 1];
+            continue;
+        }
         size_t per_image = i == 0 ? (size_t)in_c * in_h * in_w
                                   : (size_t)m->layers[i - 1].out_c * m->layers[i - 1].out_h *
                                         m->layers[i - 1].out_w;
@@ -103,23 +119,22 @@ int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int
         if (i > 0 || input_grad)
             m->dacts[i] = cfx_calloc(per_image * max_batch, sizeof(float));
     }
-    for (int i = 0; i < n_specs; i++)
-        if (m->layers[i].col_size)
-            m->layers[i].col = cfx_malloc(m->layers[i].col_size * sizeof(float));
+    m->col = cfx_malloc((col_max ? col_max : 1) * sizeof(float));
     m->dcol = cfx_malloc((col_max ? col_max : 1) * sizeof(float));
     return 0;
 }
 
 void cfx_model_free(cfx_model *m)
 {
-    for (int i = 0; i < m->n_layers; i++)
-        free(m->layers[i].col);
     for (int i = 0; i <= m->n_layers; i++) {
+        if (i > 0 && m->layers[i - 1].spec.type == CFX_LAYER_RELU && m->layers[i - 1].fused)
+            continue; /* shares the buffers of acts[i - 1] */
         free(m->acts[i]);
         free(m->dacts[i]);
     }
     free(m->params);
     free(m->grads);
+    free(m->col);
     free(m->dcol);
     memset(m, 0, sizeof *m);
 }
@@ -151,10 +166,14 @@ const float *cfx_model_forward(cfx_model *m, int n)
         size_t out_size = (size_t)n * L->out_c * L->out_h * L->out_w;
         switch (L->spec.type) {
         case CFX_LAYER_CONV2D:
-            cfx_conv2d_forward(out, L->col, in, wt, b, n, L->in_c, L->in_h, L->in_w, L->out_c,
-                               L->spec.kernel, L->spec.stride, L->spec.padding);
+            (L->fused ? cfx_conv2d_relu_forward : cfx_conv2d_forward)(
+                out, m->col, in, wt, b, n, L->in_c, L->in_h, L->in_w, L->out_c, L->spec.kernel,
+                L->spec.stride, L->spec.padding);
             break;
-        case CFX_LAYER_RELU: cfx_relu_forward(out, in, out_size); break;
+        case CFX_LAYER_RELU:
+            if (!L->fused) /* else the conv2d before it applied it */
+                cfx_relu_forward(out, in, out_size);
+            break;
         case CFX_LAYER_MAXPOOL2D:
             cfx_maxpool_forward(out, in, L->in_c * n, L->in_h, L->in_w, L->spec.kernel,
                                 L->spec.stride);
@@ -183,18 +202,25 @@ void cfx_model_backward(cfx_model *m, int n)
         size_t out_size = (size_t)n * L->out_c * L->out_h * L->out_w;
         switch (L->spec.type) {
         case CFX_LAYER_CONV2D:
-            cfx_conv2d_backward(din, dw, db, m->dcol, dout, L->col, wt, n, L->in_c, L->in_h,
-                                L->in_w, L->out_c, L->spec.kernel, L->spec.stride,
+            cfx_conv2d_backward(din, dw, db, m->col, m->dcol, dout, m->acts[i], wt, n, L->in_c,
+                                L->in_h, L->in_w, L->out_c, L->spec.kernel, L->spec.stride,
                                 L->spec.padding);
             break;
         case CFX_LAYER_RELU:
-            if (din)
+            if (!din)
+                break;
+            if (!L->fused)
                 cfx_relu_backward(din, dout, m->acts[i + 1], out_size);
+            else if (!(i + 1 < m->n_layers && m->layers[i + 1].fused &&
+                       m->layers[i + 1].spec.type == CFX_LAYER_MAXPOOL2D))
+                cfx_relu_backward(din, dout, m->acts[i + 1], out_size); /* in place */
+            /* else the maxpool2d after it applied the ReLU mask */
             break;
         case CFX_LAYER_MAXPOOL2D:
             if (din)
-                cfx_maxpool_backward(din, dout, m->acts[i], L->in_c * n, L->in_h, L->in_w,
-                                     L->spec.kernel, L->spec.stride);
+                (L->fused ? cfx_maxpool_relu_backward : cfx_maxpool_backward)(
+                    din, dout, m->acts[i], L->in_c * n, L->in_h, L->in_w, L->spec.kernel,
+                    L->spec.stride);
             break;
         case CFX_LAYER_FLATTEN:
             if (din)
