@@ -230,7 +230,9 @@ static void test_unknown_key(void **state)
                       "did you mean 'train.batch_size'", NULL);
     expect_edit_fails("[optim]", "[optimizer]", "'optimizer.name'", "did you mean 'optim.name'",
                       NULL);
-    expect_edit_fails("epochs = 3", "epochs = 3\nlr = 0.1", "unknown config key 'train.lr'", NULL);
+    /* A key of that name in another section is the suggestion. */
+    expect_edit_fails("epochs = 3", "epochs = 3\nlr = 0.1", "unknown config key 'train.lr'",
+                      "did you mean 'optim.lr'", NULL);
     /* Nothing close: no suggestion. */
     char *text = edit_base("epochs = 3", "epochs = 3\ncompletely_unrelated = 1");
     assert_int_equal(load_text(&cfg, text, 0, NULL, &err), -1);
@@ -455,6 +457,10 @@ static void test_config_set(void **state)
 
     assert_int_equal(cfx_config_set(&cfg, "train.batchsize", "1", &err), -1);
     assert_has(err.msg, "did you mean 'train.batch_size'");
+    assert_int_equal(cfx_config_set(&cfg, "optim.epochs", "1", &err), -1);
+    assert_has(err.msg, "did you mean 'train.epochs'");
+    assert_int_equal(cfx_config_set(&cfg, "train.dir", "x", &err), -1);
+    assert_has(err.msg, "did you mean 'data.dir' or 'output.dir'");
     assert_int_equal(cfx_config_set(&cfg, "optim.lr", "0", &err), -1);
     assert_has(err.msg, "optim.lr");
     assert_true(cfg.lr == 2.5e-3); /* unchanged */
@@ -565,7 +571,7 @@ static void assert_config_equal(const cfx_config *a, const cfx_config *b)
     assert_true(a->seed == b->seed);
     assert_int_equal(a->eval_batch_size, b->eval_batch_size);
     assert_string_equal(a->optim_name, b->optim_name);
-    assert_true(a->lr == b->lr); /* exact: %.17g round-trips */
+    assert_true(a->lr == b->lr); /* exact: the shortest text that round-trips */
     assert_true(a->beta1 == b->beta1);
     assert_true(a->beta2 == b->beta2);
     assert_true(a->eps == b->eps);

@@ -45,8 +45,10 @@ void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n
 
 typedef struct {
     int quiet;               /* rank 0 prints nothing but errors */
+    int progress;            /* rank 0 redraws a progress bar during each epoch (a terminal) */
     const char *resume_path; /* continue from this last.h5, or NULL */
-    const char *config_text; /* the config as given, stored in checkpoints */
+    const char *config_text; /* the effective config: stored in checkpoints and written
+                                to <output.dir>/config.ini */
 } cfx_train_options;
 
 /* Seconds spent in each part of the training steps of one epoch. */

@@ -94,10 +94,27 @@ static const key_def *find_key(const char *section, const char *name)
     return NULL;
 }
 
+/* Suggests the closest valid key: a key of the same name in another section
+ * ("train.lr" -> "optim.lr"; "x.dir" -> "data.dir" or "output.dir"), else the
+ * nearest full name by edit distance if it is close enough. */
 static int unknown_key(const char *where, const char *section, const char *name, cfx_error *err)
 {
-    char full[160], best[160] = "";
+    char full[160], best[320] = "";
     snprintf(full, sizeof full, "%s.%s", section, name);
+    size_t same_name[N_KEYS], n_same = 0;
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (strcmp(KEYS[i].name, name) == 0)
+            same_name[n_same++] = i;
+    if (n_same > 0) {
+        size_t len = 0;
+        for (size_t j = 0; j < n_same && len < sizeof best; j++) {
+            const key_def *k = &KEYS[same_name[j]];
+            const char *sep = j == 0 ? "" : j + 1 == n_same ? "' or '" : "', '";
+            len += (size_t)snprintf(best + len, sizeof best - len, "%s%s.%s", sep, k->section,
+                                    k->name);
+        }
+        return cfx_fail(err, "%sunknown config key '%s' (did you mean '%s'?)", where, full, best);
+    }
     int best_d = 99;
     for (size_t i = 0; i < N_KEYS; i++) {
         char cand[160];
@@ -291,6 +308,11 @@ static int set_value(cfx_config *cfg, const key_def *k, const char *raw, cfx_err
     case KEY_STRING: {
         if (*v == '\0')
             return cfx_fail(err, "%s: empty value", name);
+        /* The effective config is written back as INI (checkpoints, config
+         * copies), where ';' may start a comment: it would not read back. */
+        if (strchr(v, ';'))
+            return cfx_fail(err, "%s: '%s' contains ';', which INI files read as a comment", name,
+                            v);
         if (strlen(v) >= k->size)
             return cfx_fail(err, "%s: value longer than %zu characters", name, k->size - 1);
         if (k->choices) {
@@ -526,7 +548,19 @@ static void format_value(const cfx_config *cfg, const key_def *k, char **buf, si
     case KEY_U64:
         append(buf, len, cap, "%llu", (unsigned long long)*(const uint64_t *)field);
         break;
-    case KEY_DOUBLE: append(buf, len, cap, "%.17g", *(const double *)field); break;
+    case KEY_DOUBLE: {
+        /* The shortest text that reads back as the same double ("0.003",
+         * not "0.0030000000000000001"). */
+        double x = *(const double *)field;
+        char text[32];
+        for (int digits = 6; digits <= 17; digits++) {
+            snprintf(text, sizeof text, "%.*g", digits, x);
+            if (strtod(text, NULL) == x)
+                break;
+        }
+        append(buf, len, cap, "%s", text);
+        break;
+    }
     case KEY_BOOL: append(buf, len, cap, "%s", *(const int *)field ? "true" : "false"); break;
     case KEY_STRING: append(buf, len, cap, "%s", field); break;
     case KEY_LAYERS:

@@ -2,9 +2,11 @@
  *
  *   mpirun -np N cfx-train --config configs/seed.ini [--set section.key=value ...]
  */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cfx/config.h" /* defines: cfx_config, cfx_config_load */
 #include "cfx/dist.h"   /* defines: cfx_dist_init */
@@ -20,7 +22,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: cfx-train --config FILE [--set section.key=value ...] [--resume PATH]\n"
-            "                 [--eval PATH] [--quiet]\n"
+            "                 [--eval PATH] [--quiet] [--progress | --no-progress]\n"
             "       mpirun -np N cfx-train --config FILE ...\n"
             "\n"
             "Trains the CNN described in FILE on CIFAR-10; every MPI rank trains a replica\n"
@@ -32,6 +34,9 @@ static void usage(FILE *out)
             "  --resume PATH         continue training from a checkpoint (checkpoints/last.h5)\n"
             "  --eval PATH           print the test loss and accuracy of a checkpoint and exit\n"
             "  --quiet               print only errors\n"
+            "  --progress            draw a progress bar during each epoch even when the\n"
+            "                        output is not a terminal\n"
+            "  --no-progress         never draw it (default: only on a terminal)\n"
             "  --print-config        print the effective configuration and exit\n"
             "  --help-config         print every config key with its default and meaning\n"
             "  --version             print the version and exit\n"
@@ -42,33 +47,93 @@ static void usage(FILE *out)
             "            3 stopped by SIGTERM/SIGINT/SIGUSR1 after writing last.h5 (resume)\n");
 }
 
+/* This process's rank as the MPI launcher set it, before MPI_Init: messages
+ * printed before MPI starts (help, version, usage and config errors) come
+ * from rank 0 only, not once per rank. */
+static int launcher_rank(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v)
+            return atoi(v);
+    }
+    return 0;
+}
+
+/* Prints a command-line or config error and returns the usage exit code.
+ * Every rank finds the same error; ranks other than 0 wait three seconds
+ * first, so that mpirun, which stops the other ranks about a second after
+ * the first one fails, shows rank 0's line alone (and a rank that fails
+ * alone still says why). */
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    int rank = launcher_rank();
+    if (rank != 0)
+        sleep(3);
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, rank != 0 ? "cfx-train (rank %d): " : "cfx-train: ", rank);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return CFX_EXIT_USAGE;
+}
+
+/* Whether standard output reaches a terminal. Open MPI gives every rank a
+ * pseudo-terminal as stdout even when mpirun's own output goes to a file (a
+ * SLURM log), so under a launcher the answer is the parent's (mpirun's)
+ * stdout; where that cannot be read (another node, no /proc), it is no. */
+static int stdout_is_terminal(void)
+{
+    if (!isatty(STDOUT_FILENO))
+        return 0;
+    if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMIX_RANK") && !getenv("PMI_RANK"))
+        return 1;
+    char link[64], target[256];
+    snprintf(link, sizeof link, "/proc/%ld/fd/1", (long)getppid());
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0)
+        return 0;
+    target[n] = '\0';
+    return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
+}
+
 int main(int argc, char **argv)
 {
     cfx_blas_select_kernels(argv); /* may re-execute this program; before MPI_Init */
 
     const char *config_path = NULL, *resume_path = NULL, *eval_path = NULL;
     const char *overrides[MAX_OVERRIDES];
-    int n_overrides = 0, quiet = 0, print_config = 0;
+    int n_overrides = 0, quiet = 0, print_config = 0, progress = -1;
+    /* Rank 0 alone prints help, version and configs (see usage_error for
+     * errors): under mpirun every rank would print the same text. */
+    FILE *out = stdout;
+    if (launcher_rank() != 0 && !(out = fopen("/dev/null", "w")))
+        return CFX_EXIT_FAILURE;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
+            usage(out);
             return CFX_EXIT_OK;
         } else if (!strcmp(a, "--version")) {
-            printf("cfx-train %s\n", CFX_VERSION);
+            fprintf(out, "cfx-train %s (%s)\n", CFX_VERSION, CFX_GIT_COMMIT);
             return CFX_EXIT_OK;
         } else if (!strcmp(a, "--help-config")) {
             char *ref = cfx_config_reference();
-            fputs(ref, stdout);
+            fputs(ref, out);
             free(ref);
             return CFX_EXIT_OK;
+        } else if (!strcmp(a, "--progress")) {
+            progress = 1;
+        } else if (!strcmp(a, "--no-progress")) {
+            progress = 0;
         } else if (!strcmp(a, "--config") && i + 1 < argc) {
             config_path = argv[++i];
         } else if (!strcmp(a, "--set") && i + 1 < argc) {
-            if (n_overrides == MAX_OVERRIDES) {
-                fprintf(stderr, "cfx-train: more than %d --set options\n", MAX_OVERRIDES);
-                return CFX_EXIT_USAGE;
-            }
+            if (n_overrides == MAX_OVERRIDES)
+                return usage_error("more than %d --set options", MAX_OVERRIDES);
             overrides[n_overrides++] = argv[++i];
         } else if (!strcmp(a, "--resume") && i + 1 < argc) {
             resume_path = argv[++i];
@@ -79,34 +144,29 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--print-config")) {
             print_config = 1;
         } else {
-            fprintf(stderr, "cfx-train: unknown or incomplete option '%s' (see --help)\n", a);
-            return CFX_EXIT_USAGE;
+            return usage_error("unknown or incomplete option '%s' (see --help)", a);
         }
     }
-    if (!config_path) {
-        fprintf(stderr, "cfx-train: --config FILE is required (see --help)\n");
-        return CFX_EXIT_USAGE;
-    }
+    if (!config_path)
+        return usage_error("--config FILE is required (see --help)");
 
     cfx_config cfg;
     cfx_error err = {{0}};
-    if (cfx_config_load(&cfg, config_path, n_overrides, overrides, &err) != 0) {
-        fprintf(stderr, "cfx-train: %s\n", err.msg);
-        return CFX_EXIT_USAGE;
-    }
+    if (cfx_config_load(&cfg, config_path, n_overrides, overrides, &err) != 0)
+        return usage_error("%s", err.msg);
     if (print_config) {
         char *text = cfx_config_to_ini(&cfg);
-        fputs(text, stdout);
+        fputs(text, out);
         free(text);
         return CFX_EXIT_OK;
     }
 
-    if (resume_path && eval_path) {
-        fprintf(stderr, "cfx-train: --resume and --eval cannot be combined\n");
-        return CFX_EXIT_USAGE;
-    }
+    if (resume_path && eval_path)
+        return usage_error("--resume and --eval cannot be combined");
 
-    cfx_install_stop_handlers(); /* before MPI_Init: a signal during start-up is not lost */
+    if (progress < 0)
+        progress = stdout_is_terminal(); /* before MPI_Init, which may set launcher variables */
+    cfx_install_stop_handlers();         /* before MPI_Init: a signal during start-up is not lost */
     cfx_dist dist;
     cfx_dist_init(&dist, &argc, &argv);
     int threads = cfx_blas_setup(&cfg, &dist);
@@ -122,8 +182,10 @@ int main(int argc, char **argv)
         exit_code = rc == 0 ? CFX_EXIT_OK : CFX_EXIT_FAILURE;
     } else {
         char *config_text = cfx_config_to_ini(&cfg);
-        cfx_train_options opt = {
-            .quiet = quiet, .resume_path = resume_path, .config_text = config_text};
+        cfx_train_options opt = {.quiet = quiet,
+                                 .progress = progress,
+                                 .resume_path = resume_path,
+                                 .config_text = config_text};
         rc = cfx_train(&cfg, &dist, &opt, &err);
         free(config_text);
         exit_code = rc == 0 ? CFX_EXIT_OK : rc == 1 ? CFX_EXIT_STOPPED : CFX_EXIT_FAILURE;

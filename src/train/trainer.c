@@ -88,6 +88,31 @@ typedef struct {
     cfx_run_meta meta;
 } run_files;
 
+/* <output.dir>/config.ini: the effective config of the run, written whole
+ * (temporary file and rename) at every start, so the run directory says how
+ * it was made. */
+static int write_config_copy(const char *dir, const char *text, cfx_error *err)
+{
+    char path[CFX_PATH_LEN + 32], tmp[CFX_PATH_LEN + 48];
+    snprintf(path, sizeof path, "%s/config.ini", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return cfx_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
+    fputs("# The effective configuration of this run (written by cfx-train).\n", f);
+    fputs(text, f);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        unlink(tmp);
+        return cfx_fail(err, "%s: write failed: %s", tmp, strerror(errno));
+    }
+    if (rename(tmp, path) != 0) {
+        unlink(tmp);
+        return cfx_fail(err, "%s: cannot rename into place: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
 static int run_files_init(run_files *f, const cfx_config *cfg, const cfx_dist *d,
                           const char *config_text, int threads, cfx_error *err)
 {
@@ -98,6 +123,8 @@ static int run_files_init(run_files *f, const cfx_config *cfg, const cfx_dist *d
         return -1;
     if (access(logs, W_OK) != 0 || access(f->ckpt_dir, W_OK) != 0)
         return cfx_fail(err, "%s: output directory is not writable", cfg->output_dir);
+    if (config_text && write_config_copy(cfg->output_dir, config_text, err) != 0)
+        return -1;
     snprintf(f->best, sizeof f->best, "%s/best.h5", f->ckpt_dir);
     snprintf(f->last, sizeof f->last, "%s/last.h5", f->ckpt_dir);
     snprintf(f->metrics_h5, sizeof f->metrics_h5, "%s/metrics.h5", logs);
@@ -168,6 +195,49 @@ static int write_metrics_csv(const run_files *f, cfx_error *err)
     return 0;
 }
 
+/* The progress bar of rank 0 on a terminal: one line of the current epoch,
+ * redrawn in place with '\r' at most ten times a second and erased before the
+ * epoch's summary line. */
+typedef struct {
+    int on;      /* draw at all */
+    int drawn;   /* a bar is on the current line */
+    double last; /* time of the last redraw */
+} progress_bar;
+
+static void progress_draw(progress_bar *p, int epoch, int epochs, long done, long total,
+                          long images, double seconds, int force)
+{
+    double now = cfx_now();
+    if (!p->on || (!force && now - p->last < 0.1))
+        return;
+    p->last = now;
+    char bar[21];
+    int full = total > 0 ? (int)(20 * done / total) : 20;
+    for (int i = 0; i < 20; i++)
+        bar[i] = i < full ? '#' : '.';
+    bar[20] = '\0';
+    double rate = seconds > 0 ? images / seconds : 0.0;
+    long eta = rate > 0 ? (long)((double)(total - done) / rate + 0.5) : 0;
+    char eta_text[32];
+    if (eta >= 3600)
+        snprintf(eta_text, sizeof eta_text, "%ld:%02ld:%02ld", eta / 3600, eta / 60 % 60, eta % 60);
+    else
+        snprintf(eta_text, sizeof eta_text, "%ld:%02ld", eta / 60, eta % 60);
+    printf("\repoch %3d/%d [%s] %3d%%  %ld/%ld  %.0f img/s  ETA %s\033[K", epoch, epochs, bar,
+           total > 0 ? (int)(100 * done / total) : 100, done, total, rate, eta_text);
+    fflush(stdout);
+    p->drawn = 1;
+}
+
+static void progress_clear(progress_bar *p)
+{
+    if (p->drawn) {
+        printf("\r\033[K");
+        fflush(stdout);
+        p->drawn = 0;
+    }
+}
+
 /* Broadcasts what rank 0 read from a checkpoint to every rank. */
 static void bcast_resume_state(cfx_model *m, cfx_optim *o, cfx_train_state *st)
 {
@@ -189,6 +259,7 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
     cfx_train_state state = {.seed = cfg->seed, .split_seed = cfg->split_seed,
                              .best_validation_accuracy = -1.0};
     run_files files;
+    progress_bar bar = {.on = verbose && opt->progress};
     float *best_params = NULL;
     int *perm = NULL, *labels = NULL;
     int rc = -1;
@@ -326,12 +397,28 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
                          epoch, step + 1, (double)tail[TAIL_LOSS]);
                 goto done;
             }
+            /* NaN or inf iff some summed gradient is: a double sum of floats
+             * cannot overflow. Every rank holds the same sum and stops alike. */
+            double grad_sum = 0.0;
+            for (size_t i = 0; i < model.n_params; i++)
+                grad_sum += model.grads[i];
+            if (!isfinite(grad_sum)) {
+                cfx_fail(err, "training diverged at epoch %d, step %d: a gradient is not "
+                              "finite (their sum is %g); the last good checkpoint is kept",
+                         epoch, step + 1, grad_sum);
+                goto done;
+            }
             loss_sum += tail[TAIL_LOSS];
             correct += tail[TAIL_CORRECT];
             t = cfx_now();
             cfx_optim_step(&optim, model.params, model.grads);
             pt.optimizer += cfx_now() - t;
             state.global_step++;
+            if (bar.on) {
+                long done = (long)(step + 1) * B < n_train ? (long)(step + 1) * B : n_train;
+                progress_draw(&bar, epoch, cfg->epochs, done, n_train, done - (long)first_step * B,
+                              cfx_now() - t_epoch, step + 1 == steps_per_epoch);
+            }
             if (state.global_step == fault.step && d->rank == fault.rank)
                 raise(fault.sig);
             if (tail[TAIL_STOP] != 0.0f) {
@@ -385,6 +472,7 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
                                  write_metrics_csv(&files, err) != 0))
                 root_failed = 1;
             if (verbose) {
+                progress_clear(&bar);
                 printf("epoch %3d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  "
                        "%6.0f img/s  %5.1f s\n",
                        epoch, cfg->epochs, row.train_loss, row.train_accuracy, val.loss,
@@ -407,6 +495,7 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
             if (state.step_in_epoch &&
                 cfx_checkpoint_write(files.last, &model, &optim, &state, &files.meta, err) != 0)
                 goto done;
+            progress_clear(&bar);
             if (verbose)
                 printf("stopped by signal after epoch %d step %d; wrote %s (resume with "
                        "--resume %s)\n",
@@ -438,6 +527,7 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
     rc = 0;
 
 done:
+    progress_clear(&bar);
     free(best_params);
     free(perm);
     free(labels);
