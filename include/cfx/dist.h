@@ -21,6 +21,10 @@ void cfx_dist_slice(int n, int rank, int size, int *start, int *count);
 
 /* In-place sum over all ranks. */
 void cfx_dist_allreduce_sum(cfx_dist *d, float *buf, size_t n);
+/* In-place sum over all ranks of a few doubles (statistics). */
+void cfx_dist_allreduce_sum_double(double *buf, int n);
+/* Gathers n doubles from every rank into all (size * n, rank 0 only). */
+void cfx_dist_gather_double(const double *mine, int n, double *all);
 /* Broadcast from rank 0. */
 void cfx_dist_bcast(void *buf, size_t bytes);
 /* 1 on every rank if ok is non-zero on every rank. */

@@ -51,6 +51,16 @@ void cfx_dist_allreduce_sum(cfx_dist *d, float *buf, size_t n)
     d->allreduce_seconds += cfx_now() - t0;
 }
 
+void cfx_dist_allreduce_sum_double(double *buf, int n)
+{
+    MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+}
+
+void cfx_dist_gather_double(const double *mine, int n, double *all)
+{
+    MPI_Gather(mine, n, MPI_DOUBLE, all, n, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+}
+
 void cfx_dist_bcast(void *buf, size_t bytes)
 {
     char *p = buf;

@@ -238,6 +238,59 @@ static void progress_clear(progress_bar *p)
     }
 }
 
+/* Loss and accuracy over ds[indices[0..n)], computed by all ranks together:
+ * each evaluates a contiguous slice and one allreduce adds up the sums, so
+ * no rank idles while another validates. */
+static cfx_eval_result evaluate_shared(cfx_model *m, const cfx_dataset *ds, const int *indices,
+                                       int n, const cfx_dist *d)
+{
+    int start, count;
+    cfx_dist_slice(n, d->rank, d->size, &start, &count);
+    cfx_eval_result part;
+    cfx_evaluate(m, ds, indices + start, count, &part, NULL, NULL);
+    double sums[2] = {part.loss * part.n, (double)llround(part.accuracy * part.n)};
+    cfx_dist_allreduce_sum_double(sums, 2);
+    return (cfx_eval_result){.n = n, .loss = n ? sums[0] / n : 0.0,
+                             .accuracy = n ? sums[1] / n : 0.0};
+}
+
+/* Reads a "Key:   N kB" line of a /proc file, in MB (0 if absent). */
+static double proc_mb(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0.0;
+    char line[256];
+    size_t len = strlen(key);
+    double mb = 0.0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, len) && line[len] == ':') {
+            mb = atof(line + len + 1) / 1024.0;
+            break;
+        }
+    fclose(f);
+    return mb;
+}
+
+/* Rank 0 prints every rank's peak resident memory and what it is made of:
+ * private memory, and the memory-mapped dataset that ranks of a node share
+ * through the page cache (PSS counts each shared page once per node). */
+static void report_memory(const cfx_dist *d, int verbose)
+{
+    double mine[4] = {proc_mb("/proc/self/status", "VmHWM"),
+                      proc_mb("/proc/self/status", "RssAnon"),
+                      proc_mb("/proc/self/status", "RssFile"),
+                      proc_mb("/proc/self/smaps_rollup", "Pss")};
+    double *all = d->rank == 0 ? cfx_malloc((size_t)d->size * sizeof mine) : NULL;
+    cfx_dist_gather_double(mine, 4, all);
+    if (verbose)
+        for (int r = 0; r < d->size; r++)
+            printf("memory: rank %d peak RSS %.0f MB (at the end: private %.0f MB, mapped files "
+                   "%.0f MB, proportional share %.0f MB)\n",
+                   r, all[4 * r], all[4 * r + 1], all[4 * r + 2], all[4 * r + 3]);
+    free(all);
+}
+
 /* Broadcasts what rank 0 read from a checkpoint to every rank. */
 static void bcast_resume_state(cfx_model *m, cfx_optim *o, cfx_train_state *st)
 {
@@ -273,7 +326,7 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
         ok = cfx_fail(err, "data.train_limit: %d training images for %d ranks (need at least "
                            "one per rank)", split.n_train, d->size) == 0;
     int local_max = (cfg->batch_size + d->size - 1) / d->size;
-    int max_batch = root && cfg->eval_batch_size > local_max ? cfg->eval_batch_size : local_max;
+    int max_batch = cfg->eval_batch_size > local_max ? cfg->eval_batch_size : local_max;
     ok = ok && cfx_model_create(&model, cfg->layers, cfg->n_layers, CFX_IMAGE_CHANNELS,
                                 CFX_IMAGE_SIZE, CFX_IMAGE_SIZE, max_batch, 0, err) == 0;
     if (ok && model.n_classes != CFX_NUM_CLASSES)
@@ -439,11 +492,10 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
         double train_seconds = cfx_now() - t_epoch;
         int images = n_train - first_step * B > 0 ? n_train - first_step * B : 0;
 
+        t = cfx_now();
+        cfx_eval_result val = evaluate_shared(&model, &train_ds, split.val, split.n_val, d);
+        pt.validation = cfx_now() - t;
         if (root && !root_failed) {
-            t = cfx_now();
-            cfx_eval_result val;
-            cfx_evaluate(&model, &train_ds, split.val, split.n_val, &val, NULL, NULL);
-            pt.validation = cfx_now() - t;
             int improved = val.accuracy > state.best_validation_accuracy;
             if (improved) {
                 state.best_validation_accuracy = val.accuracy;
@@ -506,16 +558,22 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
         goto done;
     }
 
-    if (root) {
-        if (cfx_cifar10_open_test(&test_ds, cfg->data_dir, err) != 0)
-            goto done;
+    /* Test accuracy of the best weights, again shared by all ranks. */
+    if (root)
         memcpy(model.params, best_params, model.n_params * sizeof(float));
-        int *all = cfx_malloc((size_t)test_ds.n * sizeof *all);
-        for (int i = 0; i < test_ds.n; i++)
-            all[i] = i;
-        cfx_eval_result test;
-        cfx_evaluate(&model, &test_ds, all, test_ds.n, &test, NULL, NULL);
-        free(all);
+    cfx_dist_bcast(model.params, model.n_params * sizeof(float));
+    int test_ok = cfx_cifar10_open_test(&test_ds, cfg->data_dir, err) == 0;
+    if (!cfx_dist_all_ok(test_ok)) {
+        if (test_ok)
+            err->msg[0] = '\0'; /* another rank reports why */
+        goto done;
+    }
+    int *all = cfx_malloc((size_t)test_ds.n * sizeof *all);
+    for (int i = 0; i < test_ds.n; i++)
+        all[i] = i;
+    cfx_eval_result test = evaluate_shared(&model, &test_ds, all, test_ds.n, d);
+    free(all);
+    if (root) {
         if (cfx_metrics_set_test(files.metrics_h5, test.loss, test.accuracy, err) != 0)
             goto done;
         if (verbose)
@@ -524,6 +582,7 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
                    state.best_validation_accuracy, state.best_epoch, test.loss, test.accuracy,
                    test.n);
     }
+    report_memory(d, verbose);
     rc = 0;
 
 done:
