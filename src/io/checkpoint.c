@@ -3,6 +3,7 @@
  * built in memory and saved atomically (temporary file, fsync, rename, fsync
  * of the directory); reads check every name and shape before anything is
  * loaded, and fletcher32 checksums catch damaged data. */
+#include "cfx_build_info.h" /* defines: CFX_GIT_COMMIT (generated at build time) */
 #include "cfx/checkpoint.h" /* defines: cfx_checkpoint_write, cfx_checkpoint_read */
 
 #include <errno.h>

@@ -2,6 +2,7 @@
  *
  *   mpirun -np N cfx-train --config configs/seed.ini [--set section.key=value ...]
  */
+#include "cfx_build_info.h" /* defines: CFX_GIT_COMMIT (generated at build time) */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -11,6 +11,7 @@
  * checkpoints/{best,last}.h5. A stop signal or a failure of rank 0 travels to
  * every rank in the statistics tail of the next gradient allreduce, so all
  * ranks leave the loop after the same step. */
+#include "cfx_build_info.h" /* defines: CFX_GIT_COMMIT (generated at build time) */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -26,9 +27,6 @@
 
 #ifndef CFX_VERSION
 #define CFX_VERSION "0.0.0"
-#endif
-#ifndef CFX_GIT_COMMIT
-#define CFX_GIT_COMMIT "unknown"
 #endif
 
 /* The statistics tail after the gradients (CFX_GRAD_TAIL floats). */
