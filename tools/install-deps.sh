@@ -7,7 +7,7 @@ packages=(
     libopenblas-dev
     libhdf5-dev hdf5-tools
     libinih-dev libcmocka-dev
-    libcairo2-dev libpango1.0-dev
+    libcairo2-dev libpango1.0-dev fonts-dejavu-core chromium
     shellcheck curl ca-certificates
 )
 sudo=""

@@ -1,0 +1,382 @@
+/* Unit tests of cfx-viz's analyses (tools/viz/analysis.c) and plotting
+ * helpers: saliency against finite differences of the class score through
+ * libcfx's forward pass, Grad-CAM of a hand-set network against values worked
+ * out by hand, Spearman correlation with ties, confusion statistics, the
+ * randomisation sanity check, bilinear resizing, denormalisation and nice
+ * ticks. No files are read. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "analysis.h"   /* defines: viz_saliency, viz_gradcam, viz_spearman, ... */
+#include "cfx/config.h" /* defines: cfx_parse_layers */
+#include "cfx/data.h"   /* defines: cfx_batch_fill, cfx_dataset */
+#include "cfx/rng.h"    /* defines: cfx_rng */
+#include "plot.h"       /* defines: viz_nice_ticks, viz_viridis */
+
+static void make_model(cfx_model *m, const char *layers, int c, int h, int w, int batch, int flags)
+{
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n;
+    cfx_error err;
+    assert_int_equal(cfx_parse_layers(layers, specs, &n, &err), 0);
+    assert_int_equal(cfx_model_create(m, specs, n, c, h, w, batch, flags, &err), 0);
+}
+
+/* ---- saliency --------------------------------------------------------- */
+
+/* Score of class cls for image i of the batch in m->acts[0]. */
+static double score(cfx_model *m, int n, int i, int cls)
+{
+    const float *z = cfx_model_forward(m, n);
+    return z[(size_t)i * m->n_classes + cls];
+}
+
+/* d score / d input by central differences must match dacts[0]; the map is
+ * its channel-wise maximum of absolute values. The network is piecewise
+ * linear, so the differences are exact unless a step crosses a kink; such
+ * elements are recognised (the one-sided differences disagree) and skipped. */
+static void check_saliency(int flags)
+{
+    enum { N = 2, C = 2, H = 6, W = 6, HW = H * W };
+    cfx_model m;
+    make_model(&m,
+               "conv2d out=4 kernel=3 padding=1; relu; maxpool2d kernel=2; "
+               "conv2d out=3 kernel=3 padding=1; relu; flatten; linear out=5",
+               C, H, W, N, flags);
+    cfx_model_init_params(&m, 7);
+    cfx_rng rng;
+    cfx_rng_seed(&rng, 99);
+    for (int j = 0; j < C * N * HW; j++)
+        m.acts[0][j] = 2.0f * cfx_rng_float(&rng) - 1.0f;
+    int classes[N] = {3, 1};
+    viz_class_score_backward(&m, N, classes);
+    float grad[C * N * HW], maps[N * HW];
+    memcpy(grad, m.dacts[0], sizeof grad);
+    viz_saliency(&m, N, maps);
+
+    const float h = 1e-3f;
+    int checked = 0, skipped = 0;
+    double fd_abs_max[N * HW] = {0};
+    for (int i = 0; i < N; i++) {
+        for (int c = 0; c < C; c++) {
+            for (int p = 0; p < HW; p++) {
+                float *x = &m.acts[0][((size_t)c * N + i) * HW + p], x0 = *x;
+                double s0 = score(&m, N, i, classes[i]);
+                *x = x0 + h;
+                double sp = score(&m, N, i, classes[i]);
+                *x = x0 - h;
+                double sm = score(&m, N, i, classes[i]);
+                *x = x0;
+                double fwd = (sp - s0) / h, bwd = (s0 - sm) / h, fd = (sp - sm) / (2 * h);
+                if (fabs(fwd - bwd) > 1e-3 * (1.0 + fabs(fd))) {
+                    skipped++; /* a ReLU or max switched inside the step */
+                    continue;
+                }
+                double g = grad[((size_t)c * N + i) * HW + p];
+                assert_true(fabs(g - fd) <= 1e-3 * (1.0 + fabs(fd)));
+                if (fabs(fd) > fd_abs_max[i * HW + p])
+                    fd_abs_max[i * HW + p] = fabs(fd);
+                checked++;
+            }
+        }
+    }
+    printf("saliency: %d elements checked, %d skipped (kink)\n", checked, skipped);
+    assert_true(checked >= 9 * (checked + skipped) / 10);
+    for (int j = 0; j < N * HW; j++) {
+        assert_true(maps[j] >= 0.0f);
+        assert_true(maps[j] >= fd_abs_max[j] - 1e-3 * (1.0 + fd_abs_max[j]));
+    }
+    /* the map is exactly the channel maximum of |gradient| */
+    for (int i = 0; i < N; i++)
+        for (int p = 0; p < HW; p++) {
+            float a = fabsf(grad[((size_t)0 * N + i) * HW + p]);
+            float b = fabsf(grad[((size_t)1 * N + i) * HW + p]);
+            assert_true(maps[i * HW + p] == (a > b ? a : b));
+        }
+    cfx_model_free(&m);
+}
+
+static void test_saliency_finite_differences(void **state)
+{
+    (void)state;
+    check_saliency(CFX_MODEL_INPUT_GRAD);                              /* fused ReLUs */
+    check_saliency(CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS); /* separate layers */
+}
+
+/* ---- Grad-CAM --------------------------------------------------------- */
+
+/* Input 1 x 2 x 2, conv2d out=2 kernel=1, flatten, linear out=2:
+ *   A0 = 1 * x + 0,  A1 = -1 * x + 0.5
+ *   features (c, h, w) = [A0(4), A1(4)]
+ *   class 0 row V0 = [1 0 0 0 | 0 0 0 2],  class 1 row V1 = [0 1 1 0 | -1 0 0 0]
+ * d score_c / d A_k is the slice of V_c, so alpha_k is its mean:
+ *   class 0: alpha = (1/4, 2/4),  class 1: alpha = (2/4, -1/4).
+ * Image 0, x = [1 2; 3 -1], class 1:
+ *   A0 = [1 2 3 -1], A1 = [-0.5 -1.5 -2.5 1.5]
+ *   0.5 A0 - 0.25 A1 = [0.625 1.375 2.125 -0.875] -> ReLU [0.625 1.375 2.125 0]
+ * Image 1, x = [0 1; 2 0], class 0:
+ *   A0 = [0 1 2 0], A1 = [0.5 -0.5 -1.5 0.5]
+ *   0.25 A0 + 0.5 A1 = [0.25 0 -0.25 0.25] -> ReLU [0.25 0 0 0.25] */
+static void test_gradcam_by_hand(void **state)
+{
+    (void)state;
+    cfx_model m;
+    make_model(&m, "conv2d out=2 kernel=1; flatten; linear out=2", 1, 2, 2, 2,
+               CFX_MODEL_KEEP_ACTIVATIONS);
+    float *p = m.params;
+    const cfx_layer *conv = &m.layers[0], *lin = &m.layers[2];
+    p[conv->weight_offset + 0] = 1.0f, p[conv->weight_offset + 1] = -1.0f;
+    p[conv->bias_offset + 0] = 0.0f, p[conv->bias_offset + 1] = 0.5f;
+    const float V[2][8] = {{1, 0, 0, 0, 0, 0, 0, 2}, {0, 1, 1, 0, -1, 0, 0, 0}};
+    memcpy(p + lin->weight_offset, V, sizeof V);
+    p[lin->bias_offset] = p[lin->bias_offset + 1] = 0.0f;
+    /* acts[0] is [C=1][N=2][2][2] */
+    const float x[8] = {1, 2, 3, -1, 0, 1, 2, 0};
+    memcpy(m.acts[0], x, sizeof x);
+    int classes[2] = {1, 0};
+    viz_class_score_backward(&m, 2, classes);
+    assert_int_equal(viz_last_conv(&m), 0);
+    float cam[8];
+    viz_gradcam(&m, 0, 2, cam);
+    const float want[8] = {0.625f, 1.375f, 2.125f, 0.0f, 0.25f, 0.0f, 0.0f, 0.25f};
+    for (int j = 0; j < 8; j++)
+        assert_float_equal(cam[j], want[j], 1e-6);
+    cfx_model_free(&m);
+}
+
+/* ---- statistics ------------------------------------------------------- */
+
+static void test_spearman(void **state)
+{
+    (void)state;
+    const float a[5] = {1, 2, 3, 4, 5}, up[5] = {10, 20, 30, 40, 50}, down[5] = {5, 4, 3, 2, 1};
+    assert_float_equal(viz_spearman(a, up, 5), 1.0, 1e-12);
+    assert_float_equal(viz_spearman(a, down, 5), -1.0, 1e-12);
+    /* ties share their average rank: ranks of b are 1 2 3.5 5 3.5, so
+     * rho = 8 / sqrt(10 * 9.5) */
+    const float b[5] = {5, 6, 7, 8, 7};
+    assert_float_equal(viz_spearman(a, b, 5), 8.0 / sqrt(95.0), 1e-12);
+    const float flat[5] = {2, 2, 2, 2, 2};
+    assert_true(isnan(viz_spearman(a, flat, 5)));
+    const double v[4] = {0.5, NAN, 1.5, NAN};
+    assert_float_equal(viz_nanmean(v, 4), 1.0, 1e-12);
+    assert_true(isnan(viz_nanmean(v + 1, 1)));
+}
+
+static void test_confusion_per_class_pairs(void **state)
+{
+    (void)state;
+    enum { K = 3 };
+    const int labels[8] = {0, 0, 0, 1, 1, 2, 2, 2};
+    const int preds[8] = {0, 1, 2, 1, 0, 2, 1, 1};
+    long cm[K * K];
+    viz_confusion(labels, preds, 8, K, cm);
+    const long want[K * K] = {1, 1, 1, 1, 1, 0, 0, 2, 1};
+    assert_memory_equal(cm, want, sizeof want);
+    viz_class_metrics pc[K];
+    viz_per_class(cm, K, pc);
+    /* class 1: tp 1, predicted 4 times, 2 images */
+    assert_float_equal(pc[1].precision, 0.25, 1e-12);
+    assert_float_equal(pc[1].recall, 0.5, 1e-12);
+    assert_float_equal(pc[1].f1, 2 * 0.25 * 0.5 / 0.75, 1e-12);
+    assert_int_equal(pc[2].support, 3);
+    viz_pair pairs[5];
+    int n = viz_confused_pairs(cm, K, pairs, 5);
+    assert_int_equal(n, 3); /* (1,2): 2 errors, (0,1): 2, (0,2): 1 */
+    assert_int_equal(pairs[0].a, 0), assert_int_equal(pairs[0].b, 1);
+    assert_int_equal(pairs[1].a, 1), assert_int_equal(pairs[1].b, 2);
+    assert_int_equal(pairs[1].ab, 0), assert_int_equal(pairs[1].ba, 2);
+    assert_int_equal(pairs[2].a, 0), assert_int_equal(pairs[2].b, 2);
+    assert_int_equal(viz_confused_pairs(cm, K, pairs, 1), 1);
+    assert_int_equal(pairs[0].a, 0), assert_int_equal(pairs[0].b, 1);
+    /* a class never predicted: precision and F1 are 0, not NaN */
+    const int l2[2] = {0, 1}, p2[2] = {0, 0};
+    viz_confusion(l2, p2, 2, K, cm);
+    viz_per_class(cm, K, pc);
+    assert_float_equal(pc[1].precision, 0.0, 0.0);
+    assert_float_equal(pc[1].f1, 0.0, 0.0);
+}
+
+/* ---- sanity check ----------------------------------------------------- */
+
+static void test_sanity_randomisation(void **state)
+{
+    (void)state;
+    enum { N = 2 };
+    cfx_model m;
+    make_model(&m,
+               "conv2d out=4 kernel=3 padding=1; relu; maxpool2d kernel=2; "
+               "conv2d out=4 kernel=3 padding=1; relu; flatten; linear out=3",
+               3, 8, 8, N, CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS);
+    cfx_model_init_params(&m, 3);
+    cfx_rng rng;
+    cfx_rng_seed(&rng, 5);
+    for (int j = 0; j < 3 * N * 64; j++)
+        m.acts[0][j] = 2.0f * cfx_rng_float(&rng) - 1.0f;
+    float *before = malloc(m.n_params * sizeof(float));
+    memcpy(before, m.params, m.n_params * sizeof(float));
+    int classes[N] = {0, 2};
+    viz_sanity s;
+    cfx_error err;
+    assert_int_equal(viz_sanity_run(&m, N, classes, 3, 11, &s, &err), 0);
+    assert_memory_equal(m.params, before, m.n_params * sizeof(float)); /* restored */
+    assert_int_equal(s.n_steps, 4); /* trained, then layers 6, 3, 0 */
+    assert_int_equal(s.layer[0], -1);
+    assert_int_equal(s.layer[1], 6);
+    assert_int_equal(s.layer[2], 3);
+    assert_int_equal(s.layer[3], 0);
+    assert_int_equal(s.map_size, 64);
+    assert_int_equal(s.cam_size, 16);
+    for (int i = 0; i < N; i++)
+        assert_float_equal(s.saliency_rho[i], 1.0, 1e-12);
+    /* step 0 equals a direct computation with the trained weights */
+    viz_class_score_backward(&m, N, classes);
+    float maps[N * 64];
+    viz_saliency(&m, N, maps);
+    assert_memory_equal(maps, s.saliency, sizeof maps);
+    /* the last step: every parameter layer re-initialised, the map changes */
+    int diff = 0;
+    for (int j = 0; j < N * 64; j++)
+        diff += s.saliency[(size_t)3 * N * 64 + j] != maps[j];
+    assert_true(diff > 0);
+    viz_sanity_free(&s);
+    /* refuses a model without input gradients */
+    cfx_model plain;
+    make_model(&plain, "conv2d out=2 kernel=3; flatten; linear out=2", 1, 4, 4, 1, 0);
+    assert_int_equal(viz_sanity_run(&plain, 1, classes, 0, 1, &s, &err), -1);
+    cfx_model_free(&plain);
+    free(before);
+    cfx_model_free(&m);
+}
+
+static void test_copy_layer_params(void **state)
+{
+    (void)state;
+    cfx_model m;
+    make_model(&m, "conv2d out=2 kernel=3; relu; flatten; linear out=2", 1, 4, 4, 1, 0);
+    float *src = malloc(m.n_params * sizeof(float));
+    for (size_t j = 0; j < m.n_params; j++)
+        src[j] = 100.0f + (float)j;
+    viz_copy_layer_params(&m, src, 3);
+    for (size_t j = 0; j < m.n_params; j++) {
+        int in_linear = j >= m.layers[3].weight_offset;
+        assert_true(m.params[j] == (in_linear ? src[j] : 0.0f));
+    }
+    int layers[CFX_MAX_LAYERS];
+    assert_int_equal(viz_param_layers(&m, layers), 2);
+    assert_int_equal(layers[0], 0);
+    assert_int_equal(layers[1], 3);
+    free(src);
+    cfx_model_free(&m);
+}
+
+/* ---- images and plotting helpers -------------------------------------- */
+
+static void test_resize_bilinear(void **state)
+{
+    (void)state;
+    /* torch.nn.functional.interpolate(x, size=4, mode="bilinear",
+     * align_corners=False) of [[0, 1], [2, 3]] */
+    const float in[4] = {0, 1, 2, 3};
+    const float want[16] = {0,    0.25f, 0.75f, 1,    0.5f, 0.75f, 1.25f, 1.5f,
+                            1.5f, 1.75f, 2.25f, 2.5f, 2,    2.25f, 2.75f, 3};
+    float out[16];
+    viz_resize_bilinear(in, 2, 2, out, 4, 4);
+    for (int j = 0; j < 16; j++)
+        assert_float_equal(out[j], want[j], 1e-6);
+}
+
+static void test_denormalize_inverts_batch_fill(void **state)
+{
+    (void)state;
+    uint8_t rec[2][CFX_RECORD_BYTES];
+    for (int i = 0; i < 2; i++) {
+        rec[i][0] = (uint8_t)(i + 3);
+        for (int j = 0; j < CFX_IMAGE_PIXELS; j++)
+            rec[i][1 + j] = (uint8_t)((j * 7 + i * 31) % 256);
+    }
+    const uint8_t *records[2] = {rec[0], rec[1]};
+    cfx_dataset ds = {.n = 2, .records = records};
+    int idx[2] = {0, 1}, labels[2];
+    float *x = malloc(2 * CFX_IMAGE_PIXELS * sizeof(float));
+    cfx_batch_fill(x, labels, &ds, idx, 2, NULL);
+    for (int i = 0; i < 2; i++) {
+        uint8_t rgb[CFX_IMAGE_PIXELS];
+        viz_denormalize(x, 2, i, rgb);
+        for (int p = 0; p < 1024; p++)
+            for (int c = 0; c < 3; c++)
+                assert_int_equal(rgb[p * 3 + c], rec[i][1 + c * 1024 + p]);
+    }
+    free(x);
+}
+
+static void test_nice_ticks(void **state)
+{
+    (void)state;
+    viz_ticks t;
+    viz_nice_ticks(0.0, 1.0, 6, 0, &t);
+    assert_int_equal(t.n, 6);
+    assert_string_equal(t.label[0], "0.0");
+    assert_string_equal(t.label[5], "1.0");
+    viz_nice_ticks(0.72, 1.68, 6, 0, &t); /* step 0.2 inside the range */
+    assert_int_equal(t.n, 5);
+    assert_float_equal(t.v[0], 0.8, 1e-12);
+    assert_string_equal(t.label[4], "1.6");
+    viz_nice_ticks(0.05, 20.95, 6, 1, &t); /* epochs */
+    assert_int_equal(t.n, 4);
+    assert_string_equal(t.label[0], "5");
+    assert_string_equal(t.label[3], "20");
+    viz_nice_ticks(0.0, 0.9, 6, 1, &t); /* integers only, even for a short range */
+    assert_int_equal(t.n, 1);
+    assert_string_equal(t.label[0], "0");
+    viz_nice_ticks(-0.6, 1.05, 8, 0, &t); /* step 0.25, typeset minus */
+    assert_string_equal(t.label[0], "\u22120.50");
+    assert_string_equal(t.label[2], "0.00");
+    double lo = 0.13, hi = 0.87;
+    viz_nice_limits(&lo, &hi, 5);
+    assert_float_equal(lo, 0.0, 1e-12);
+    assert_float_equal(hi, 1.0, 1e-12);
+}
+
+static void test_viridis(void **state)
+{
+    (void)state;
+    viz_color a = viz_viridis(0.0), b = viz_viridis(1.0), nan = viz_viridis(NAN);
+    assert_float_equal(a.r * 255, 0x44, 1e-9);
+    assert_float_equal(a.b * 255, 0x54, 1e-9);
+    assert_float_equal(b.g * 255, 0xe7, 1e-9);
+    assert_float_equal(nan.r, a.r, 0.0);
+    /* lightness (luma) rises monotonically */
+    double prev = -1.0;
+    for (int i = 0; i <= 100; i++) {
+        viz_color c = viz_viridis(i / 100.0);
+        double y = 0.2126 * c.r + 0.7152 * c.g + 0.0722 * c.b;
+        assert_true(y > prev);
+        prev = y;
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_saliency_finite_differences),
+        cmocka_unit_test(test_gradcam_by_hand),
+        cmocka_unit_test(test_spearman),
+        cmocka_unit_test(test_confusion_per_class_pairs),
+        cmocka_unit_test(test_sanity_randomisation),
+        cmocka_unit_test(test_copy_layer_params),
+        cmocka_unit_test(test_resize_bilinear),
+        cmocka_unit_test(test_denormalize_inverts_batch_fill),
+        cmocka_unit_test(test_nice_ticks),
+        cmocka_unit_test(test_viridis),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

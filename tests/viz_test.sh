@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# End-to-end tests of cfx-viz on a small checkpoint made by cfx-train.
+#
+#   run     train 1 epoch on 512 images, cfx-train --eval the checkpoint, run
+#           cfx-viz; every listed file is written, PNGs have the expected size
+#           and are not blank, the confusion matrix sums to the test-set size
+#           and its diagonal share equals the accuracy --eval printed
+#   report  report.html in headless Chromium: the page renders (a screenshot
+#           that is not blank) and every <img> loads (naturalWidth > 0)
+#   errors  missing, damaged and mismatched files, bad --images, an
+#           unwritable output directory: one line on stderr, non-zero exit;
+#           --format svg and pdf write those formats
+#
+# usage: viz_test.sh MODE CFX_TRAIN CFX_VIZ VIZ_CHECK CONFIG DATA_DIR WORK_DIR -- MPIEXEC ARGS...
+# (report and errors use the run directory that `run` leaves in WORK_DIR/run)
+set -euo pipefail
+mode=$1 train=$2 viz=$3 check=$4 config=$5 data=$6 work=$7
+shift 8
+mpiexec=("$@")
+run=$work/run
+
+fail() {
+    echo "FAIL: $*"
+    exit 1
+}
+
+train_run() { # train_run OUTPUT_DIR [--set ...]: 1 epoch on a small subset
+    local out=$1
+    shift
+    "${mpiexec[@]}" 1 "$train" --config "$config" --quiet --set data.dir="$data" \
+        --set output.dir="$out" --set train.epochs=1 --set data.train_limit=512 \
+        --set data.val_limit=500 "$@"
+}
+
+# The figures of the seed architecture for --images 0,1,2, with their sizes.
+expected_pngs=(
+    "plots/loss_curves.png 760 500"
+    "plots/accuracies.png 760 500"
+    "plots/confusion_matrix.png 767 710"
+    "plots/per_class.png 960 520"
+    "plots/misclassified_examples.png 1036 556"
+    "plots/confusion_pairs.png 1232 839"
+    "plots/conv1_filters.png 728 292"
+    "plots/saliency.png 797 626"
+    "plots/gradcam.png 797 626"
+    "plots/sanity_randomization.png 760 1170"
+    "featuremaps/layer_00_Conv2d.png 600 282"
+    "featuremaps/layer_01_ReLU.png 600 282"
+    "featuremaps/layer_02_MaxPool2d.png 600 282"
+    "featuremaps/layer_03_Conv2d.png 1160 282"
+    "featuremaps/layer_04_ReLU.png 1160 282"
+    "featuremaps/layer_05_MaxPool2d.png 1160 282"
+    "featuremaps/layer_06_Conv2d.png 1160 452"
+    "featuremaps/layer_07_ReLU.png 1160 452"
+    "featuremaps/layer_08_MaxPool2d.png 1160 452"
+)
+
+case $mode in
+run)
+    rm -rf "$work"
+    mkdir -p "$work"
+    train_run "$run"
+    eval_out=$("${mpiexec[@]}" 1 "$train" --config "$config" --set data.dir="$data" \
+        --eval "$run/checkpoints/best.h5")
+    acc=$(sed -n 's/.*test accuracy \([0-9.]*\) (\([0-9]*\) images).*/\1/p' <<< "$eval_out")
+    n=$(sed -n 's/.*test accuracy \([0-9.]*\) (\([0-9]*\) images).*/\2/p' <<< "$eval_out")
+    if [ -z "$acc" ] || [ -z "$n" ]; then
+        fail "no test accuracy in cfx-train --eval output: $eval_out"
+    fi
+    echo "cfx-train --eval: test accuracy $acc on $n images"
+
+    "$viz" --run "$run" --images 0,1,2 | tee "$work/viz.out"
+    grep -Eq "^cfx-viz: 19 figures, .* in [0-9.]+ s \(" "$work/viz.out" ||
+        fail "cfx-viz did not print its figure count and timing"
+    grep -q "^sanity check: Spearman" "$work/viz.out" || fail "no sanity-check correlations printed"
+
+    for f in per_class.csv analysis.h5 report.html; do
+        [ -s "$run/$f" ] || fail "$run/$f not written"
+    done
+    for e in "${expected_pngs[@]}"; do
+        read -r f w h <<< "$e"
+        [ -s "$run/$f" ] || fail "$run/$f not written"
+        "$check" png "$run/$f" "$w" "$h" || fail "$run/$f"
+    done
+    pngs=$(find "$run/plots" "$run/featuremaps" -name '*.png' | wc -l)
+    [ "$pngs" -eq "${#expected_pngs[@]}" ] ||
+        fail "$pngs PNG files under plots/ and featuremaps/, expected ${#expected_pngs[@]}"
+    [ "$(head -1 "$run/per_class.csv")" = "class,precision,recall,f1,support" ] ||
+        fail "per_class.csv header"
+    [ "$(wc -l < "$run/per_class.csv")" -eq 11 ] || fail "per_class.csv has not 10 classes"
+    "$check" confusion "$run/analysis.h5" "$n" "$acc" || fail "confusion matrix vs --eval"
+    for d in /test/probabilities /per_class/f1 /sanity/saliency_spearman /sanity/gradcam_spearman \
+        /images/saliency /images/gradcam; do
+        h5dump -H -d "$d" "$run/analysis.h5" > /dev/null || fail "analysis.h5 has no $d"
+    done
+    echo "ok: cfx-viz wrote every file"
+    ;;
+
+report)
+    command -v chromium > /dev/null || fail "chromium not found (tools/install-deps.sh installs it)"
+    [ -s "$run/report.html" ] || fail "$run/report.html missing (the viz_run test makes it)"
+    out=$work/report
+    rm -rf "$out"
+    mkdir -p "$out"
+    profile=$(mktemp -d)
+    trap 'rm -rf "$profile"' EXIT
+    chrome() {
+        timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+            --disable-background-networking --disable-component-update --disable-sync \
+            --user-data-dir="$profile" "$@" 2> "$out/chromium.log"
+    }
+    chrome --screenshot="$out/report.png" --window-size=1280,2000 "file://$run/report.html" \
+        > /dev/null || fail "chromium could not render report.html (see $out/chromium.log)"
+    "$check" png-min "$out/report.png" 1280 2000 || fail "screenshot of report.html"
+
+    # A script appended to a copy of the page counts the images that failed
+    # to load; --dump-dom prints the page after the load event.
+    probe='<script>window.addEventListener("load",function(){var n=document.images.length,b=0;for(var i=0;i<n;i++){var m=document.images[i];if(!m.complete||m.naturalWidth===0)b++;}var p=document.createElement("p");p.id="probe";p.textContent="images="+n+" broken="+b;document.body.appendChild(p);});</script>'
+    sed "s#</body>#${probe}</body>#" "$run/report.html" > "$out/probe.html"
+    dom=$(chrome --dump-dom "file://$out/probe.html") || fail "chromium --dump-dom failed"
+    result=$(grep -o '<p id="probe">[^<]*</p>' <<< "$dom" || true)
+    echo "report.html: $result"
+    [ "$result" = '<p id="probe">images=19 broken=0</p>' ] ||
+        fail "report.html: expected 19 images that all load, got '$result'"
+    # the probe itself notices a broken image
+    sed 's#src="data:image/png;base64,[^"]*"#src="data:image/png;base64,AAAA"#' "$out/probe.html" \
+        > "$out/broken.html"
+    dom=$(chrome --dump-dom "file://$out/broken.html") || fail "chromium --dump-dom failed"
+    grep -q '<p id="probe">images=19 broken=19</p>' <<< "$dom" ||
+        fail "the probe did not notice broken images"
+    echo "ok: report.html renders and its 19 images load"
+    ;;
+
+errors)
+    [ -s "$run/checkpoints/best.h5" ] || fail "$run missing (the viz_run test makes it)"
+    expect_error() { # expect_error CODE PATTERN cfx-viz-args...
+        local want=$1 pattern=$2 code
+        shift 2
+        set +e
+        "$viz" --quiet "$@" > "$work/err.out" 2> "$work/err.txt"
+        code=$?
+        set -e
+        local lines
+        lines=$(wc -l < "$work/err.txt")
+        [ "$code" -eq "$want" ] || fail "cfx-viz $*: exit code $code, expected $want: $(cat "$work/err.txt")"
+        [ "$lines" -eq 1 ] || fail "cfx-viz $*: $lines lines on stderr, expected one: $(cat "$work/err.txt")"
+        grep -q -- "$pattern" "$work/err.txt" || fail "cfx-viz $*: '$(cat "$work/err.txt")' does not mention '$pattern'"
+        echo "ok: exit $code: $(cat "$work/err.txt")"
+    }
+    copy() { # copy NAME: a fresh copy of the run's inputs
+        rm -rf "${work:?}/$1"
+        mkdir -p "$work/$1"
+        cp -r "$run/checkpoints" "$run/logs" "$work/$1/"
+        echo "$work/$1"
+    }
+
+    expect_error 1 "no such run directory" --run "$work/does-not-exist"
+    mkdir -p "$work/empty"
+    expect_error 1 "checkpoints/best.h5" --run "$work/empty"
+    d=$(copy no-metrics)
+    rm "$d/logs/metrics.h5"
+    expect_error 1 "logs/metrics.h5" --run "$d"
+    d=$(copy damaged)
+    head -c 5000 "$run/checkpoints/best.h5" > "$d/checkpoints/best.h5"
+    expect_error 1 "best.h5" --run "$d"
+    d=$(copy not-hdf5)
+    echo "not an HDF5 file" > "$d/logs/metrics.h5"
+    expect_error 1 "metrics.h5" --run "$d"
+    # the metrics log of another run (other seed and validation subset)
+    train_run "$work/other" --set train.seed=2 --set data.val_limit=499 --set data.train_limit=256
+    d=$(copy mixed)
+    cp "$work/other/logs/metrics.h5" "$d/logs/metrics.h5"
+    expect_error 1 "different runs" --run "$d"
+    expect_error 1 "test_batch.bin" --run "$run" --data "$work/empty"
+    expect_error 2 "out of range" --run "$run" --images 0,10000
+    expect_error 2 "out of range" --run "$run" --images -1
+    expect_error 2 "not a comma-separated list" --run "$run" --images 1,x
+    expect_error 2 "not png, svg or pdf" --run "$run" --format gif
+    expect_error 2 "unknown or incomplete option" --run "$run" --bogus
+    d=$(copy unwritable)
+    touch "$d/plots" # a file where the directory must go
+    expect_error 1 "plots" --run "$d" --data "$data"
+    if [ "$(id -u)" -ne 0 ]; then # root writes anywhere
+        d=$(copy read-only)
+        chmod a-w "$d"
+        expect_error 1 "$d" --run "$d" --data "$data"
+        chmod u+w "$d"
+    fi
+
+    # other formats: the same figures as SVG and PDF
+    for fmt in svg pdf; do
+        d=$(copy "format-$fmt")
+        "$viz" --quiet --run "$d" --data "$data" --format "$fmt" || fail "--format $fmt"
+        n=$(find "$d/plots" "$d/featuremaps" -name "*.$fmt" | wc -l)
+        [ "$n" -eq 19 ] || fail "--format $fmt: $n .$fmt files, expected 19"
+        head -c 5 "$d/plots/confusion_matrix.$fmt" | grep -Eq '^(<\?xml|<svg|%PDF-)' ||
+            fail "--format $fmt: plots/confusion_matrix.$fmt is not $fmt"
+        [ -s "$d/report.html" ] || fail "--format $fmt: no report.html"
+        echo "ok: --format $fmt wrote 19 .$fmt figures"
+    done
+    ;;
+
+*)
+    fail "unknown mode $mode"
+    ;;
+esac

@@ -1,0 +1,194 @@
+/* cfx-viz: every figure of a cfx-train run, drawn from its HDF5 files.
+ *
+ *   cfx-viz --run OUTPUT_DIR [--data DIR] [--images i,j,k] [--format png|svg|pdf]
+ *
+ * Reads OUTPUT_DIR/checkpoints/best.h5 and OUTPUT_DIR/logs/metrics.h5, runs
+ * libcfx's forward and backward passes on the test set and writes plots/,
+ * featuremaps/, per_class.csv, analysis.h5 and report.html under OUTPUT_DIR. */
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cfx/train.h" /* defines: cfx_blas_select_kernels, cfx_blas_core, exit codes */
+#include "figures.h"   /* defines: viz_out, viz_fig_* */
+#include "run.h"       /* defines: viz_run, viz_run_load, viz_run_compute */
+#include "store.h"     /* defines: viz_store_analysis, viz_write_report */
+
+#ifndef CFX_VERSION
+#define CFX_VERSION "0.0.0"
+#endif
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: cfx-viz --run OUTPUT_DIR [--data DIR] [--images i,j,k] [--format png|svg|pdf]\n"
+            "               [--quiet]\n"
+            "\n"
+            "Draws every figure of a cfx-train run from OUTPUT_DIR/checkpoints/best.h5 and\n"
+            "OUTPUT_DIR/logs/metrics.h5 and writes them under OUTPUT_DIR: plots/, featuremaps/,\n"
+            "per_class.csv, analysis.h5 (the numbers) and report.html (everything on one page).\n"
+            "\n"
+            "options:\n"
+            "  --run DIR          the run's output directory (output.dir of its config)\n"
+            "  --data DIR         CIFAR-10 binary folder (default: data.dir of the checkpoint)\n"
+            "  --images LIST      test images to explain, e.g. 0,1,3 (default: the first %d\n"
+            "                     test images of distinct classes; at most %d); the feature\n"
+            "                     maps show the first\n"
+            "  --format FMT       png (default), svg or pdf\n"
+            "  --quiet            print only errors\n"
+            "  --version, --help\n"
+            "\n"
+            "environment: CFX_BLAS_THREADS=N sets the OpenBLAS threads (default: all cores)\n"
+            "\n"
+            "exit codes: 0 success, 1 missing/bad files or I/O error, 2 bad command line\n",
+            VIZ_DEFAULT_IMAGES, VIZ_MAX_IMAGES);
+}
+
+/* Creates dir/sub and checks that it can be written. */
+static int out_dir(const char *dir, const char *sub, cfx_error *err)
+{
+    char path[CFX_PATH_LEN + 32];
+    snprintf(path, sizeof path, "%s%s%s", dir, sub[0] ? "/" : "", sub);
+    if (cfx_mkdir_p(path, err) != 0)
+        return -1;
+    if (access(path, W_OK) != 0)
+        return cfx_fail(err, "%s: not writable: %s", path, strerror(errno));
+    return 0;
+}
+
+typedef int (*figure_fn)(viz_out *, const viz_run *, cfx_error *);
+
+static void print_sanity(const viz_run *r)
+{
+    const viz_sanity *sa = &r->sanity;
+    printf("sanity check: Spearman rank correlation with the trained model's map (mean over %d "
+           "images)\n",
+           sa->n_images);
+    printf("  step  re-initialised down to   saliency  Grad-CAM\n");
+    for (int s = 0; s < sa->n_steps; s++) {
+        char lab[64], a[16] = "n/a", b[16] = "n/a";
+        viz_sanity_step_label(r, s, lab, sizeof lab);
+        double ma = viz_nanmean(sa->saliency_rho + s * sa->n_images, sa->n_images);
+        double mb = viz_nanmean(sa->gradcam_rho + s * sa->n_images, sa->n_images);
+        if (!isnan(ma))
+            snprintf(a, sizeof a, "%.3f", ma);
+        if (!isnan(mb))
+            snprintf(b, sizeof b, "%.3f", mb);
+        printf("  %4d  %-22s %10s %9s\n", s, lab, a, b);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    cfx_blas_select_kernels(argv); /* may re-execute this program */
+    const char *run_dir = NULL, *data_dir = NULL, *images = NULL;
+    viz_format fmt = VIZ_PNG;
+    int quiet = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return CFX_EXIT_OK;
+        } else if (!strcmp(a, "--version")) {
+            printf("cfx-viz %s\n", CFX_VERSION);
+            return CFX_EXIT_OK;
+        } else if (!strcmp(a, "--run") && i + 1 < argc) {
+            run_dir = argv[++i];
+        } else if (!strcmp(a, "--data") && i + 1 < argc) {
+            data_dir = argv[++i];
+        } else if (!strcmp(a, "--images") && i + 1 < argc) {
+            images = argv[++i];
+        } else if (!strcmp(a, "--format") && i + 1 < argc) {
+            const char *f = argv[++i];
+            if (!strcmp(f, "png"))
+                fmt = VIZ_PNG;
+            else if (!strcmp(f, "svg"))
+                fmt = VIZ_SVG;
+            else if (!strcmp(f, "pdf"))
+                fmt = VIZ_PDF;
+            else {
+                fprintf(stderr, "cfx-viz: --format: '%s' is not png, svg or pdf\n", f);
+                return CFX_EXIT_USAGE;
+            }
+        } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+            quiet = 1;
+        } else {
+            fprintf(stderr, "cfx-viz: unknown or incomplete option '%s' (see --help)\n", a);
+            return CFX_EXIT_USAGE;
+        }
+    }
+    if (!run_dir) {
+        fprintf(stderr, "cfx-viz: --run OUTPUT_DIR is required (see --help)\n");
+        return CFX_EXIT_USAGE;
+    }
+
+    const char *threads = getenv("CFX_BLAS_THREADS"); /* as cfx-train; else all cores */
+    if (threads && atoi(threads) > 0)
+        openblas_set_num_threads(atoi(threads));
+
+    double t0 = cfx_now();
+    cfx_error err = {{0}};
+    viz_run r;
+    viz_out out = {0};
+    int code = CFX_EXIT_FAILURE;
+    if (viz_run_load(&r, run_dir, data_dir, &err) != 0)
+        goto fail;
+    if (viz_run_choose_images(&r, images, &err) != 0) {
+        code = CFX_EXIT_USAGE;
+        goto fail;
+    }
+    if (out_dir(r.run_dir, "", &err) != 0 || out_dir(r.run_dir, "plots", &err) != 0 ||
+        out_dir(r.run_dir, "featuremaps", &err) != 0)
+        goto fail;
+    if (viz_run_compute(&r, &err) != 0)
+        goto fail;
+    if (!quiet) {
+        printf("cfx-viz %s: %s: best.h5 of epoch %d (validation accuracy %.4f); test accuracy "
+               "%.4f, loss %.4f (%d images); OpenBLAS core %s, %d thread%s\n",
+               CFX_VERSION, r.run_dir, r.state.best_epoch, r.state.best_validation_accuracy,
+               r.test_accuracy, r.test_loss, r.n_test, cfx_blas_core(), cfx_blas_threads(),
+               cfx_blas_threads() == 1 ? "" : "s");
+        print_sanity(&r);
+    }
+
+    double t_draw = cfx_now();
+    out.dir = r.run_dir;
+    out.fmt = fmt;
+    static const figure_fn figures[] = {
+        viz_fig_loss_curves,   viz_fig_accuracies,      viz_fig_confusion,     viz_fig_per_class,
+        viz_fig_misclassified, viz_fig_confusion_pairs, viz_fig_conv1_filters, viz_fig_saliency,
+        viz_fig_gradcam,       viz_fig_sanity,          viz_fig_featuremaps,
+    };
+    for (size_t i = 0; i < sizeof figures / sizeof figures[0]; i++)
+        if (figures[i](&out, &r, &err) != 0)
+            goto fail;
+    t_draw = cfx_now() - t_draw;
+
+    double t_files = cfx_now();
+    char path[CFX_PATH_LEN + 32];
+    snprintf(path, sizeof path, "%s/analysis.h5", r.run_dir);
+    if (viz_store_analysis(&r, path, &err) != 0)
+        goto fail;
+    snprintf(path, sizeof path, "%s/report.html", r.run_dir);
+    if (viz_write_report(&r, &out, path, cfx_now() - t0, &err) != 0)
+        goto fail;
+    t_files = cfx_now() - t_files;
+    if (!quiet)
+        printf("cfx-viz: %d figures, per_class.csv, analysis.h5 and report.html in %s/ in %.2f s "
+               "(load %.2f, test set %.2f, saliency/Grad-CAM %.2f, sanity check %.2f, "
+               "drawing %.2f, analysis.h5 + report %.2f)\n",
+               out.n, r.run_dir, cfx_now() - t0, r.t_load, r.t_eval, r.t_explain, r.t_sanity,
+               t_draw, t_files);
+    code = CFX_EXIT_OK;
+fail:
+    if (code != CFX_EXIT_OK)
+        fprintf(stderr, "cfx-viz: %s\n", err.msg);
+    viz_out_free(&out);
+    viz_run_free(&r);
+    viz_plot_shutdown();
+    return code;
+}
