@@ -159,6 +159,9 @@ const float *cfx_model_forward(cfx_model *m, int n);
  * dacts[0]. */
 void cfx_model_backward(cfx_model *m, int n);
 
+/* PyTorch's class name of a layer type ("Conv2d", "ReLU", "MaxPool2d", ...). */
+const char *cfx_layer_type_name(cfx_layer_type type);
+
 /* PyTorch state_dict name of layer i's parameter: "<i>.weight" / "<i>.bias". */
 void cfx_param_name(char *buf, size_t len, int layer, int is_bias);
 

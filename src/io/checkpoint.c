@@ -117,17 +117,15 @@ static hid_t write_floats(hid_t loc, const char *where, const char *name, int ra
 /* The layer's description, as the arguments of its torch.nn module. */
 static int write_layer_attrs(hid_t d, const cfx_layer *L, cfx_h5_err *e)
 {
-    int failed;
+    int failed = cfx_h5_put_str(d, "layer_type", cfx_layer_type_name(L->spec.type), e);
     if (L->spec.type == CFX_LAYER_CONV2D)
-        failed = cfx_h5_put_str(d, "layer_type", "Conv2d", e) ||
-                 cfx_h5_put_i64(d, "in_channels", L->in_c, e) ||
+        failed = failed || cfx_h5_put_i64(d, "in_channels", L->in_c, e) ||
                  cfx_h5_put_i64(d, "out_channels", L->out_c, e) ||
                  cfx_h5_put_i64(d, "kernel_size", L->spec.kernel, e) ||
                  cfx_h5_put_i64(d, "stride", L->spec.stride, e) ||
                  cfx_h5_put_i64(d, "padding", L->spec.padding, e);
     else
-        failed = cfx_h5_put_str(d, "layer_type", "Linear", e) ||
-                 cfx_h5_put_i64(d, "in_features", L->in_c, e) ||
+        failed = failed || cfx_h5_put_i64(d, "in_features", L->in_c, e) ||
                  cfx_h5_put_i64(d, "out_features", L->out_c, e);
     return failed ? -1 : 0;
 }

@@ -6,7 +6,7 @@
 #include "cfx/nn.h"  /* defines: cfx_model, cfx_model_forward, cfx_model_backward */
 #include "cfx/rng.h" /* defines: cfx_rng */
 
-static const char *layer_type_name(cfx_layer_type t)
+const char *cfx_layer_type_name(cfx_layer_type t)
 {
     switch (t) {
     case CFX_LAYER_CONV2D: return "Conv2d";
@@ -43,7 +43,7 @@ int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int
         const cfx_layer_spec *s = &specs[i];
         L->spec = *s;
         L->in_c = c, L->in_h = h, L->in_w = w;
-        const char *tn = layer_type_name(s->type);
+        const char *tn = cfx_layer_type_name(s->type);
         switch (s->type) {
         case CFX_LAYER_CONV2D:
         case CFX_LAYER_MAXPOOL2D: {

@@ -1,15 +1,20 @@
 /* cfx-bench-model: where one training step's time goes, layer by layer.
  *
  *   cfx-bench-model [--config FILE] [--batch N] [--steps N] [--threads N]
+ *   mpirun -np N cfx-bench-model --allreduce
  *
  * Runs forward + loss + backward + Adam on random images for the model of
  * the config (default configs/seed.ini) and prints per-layer milliseconds and
- * GFLOP/s, the whole step, and the SGEMM peak measured on this machine. */
+ * GFLOP/s, the whole step, and the SGEMM peak measured on this machine.
+ * With --allreduce it times MPI_Allreduce over a range of sizes instead and
+ * fits the latency-bandwidth model t = a + b * bytes. */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <mpi.h>
 
 #include "cfx/config.h" /* defines: cfx_config_load */
 #include "cfx/nn.h"     /* defines: cfx_model */
@@ -39,8 +44,49 @@ static double sgemm_peak(int n, int reps)
     return 2.0 * n * (double)n * n * reps / t * 1e-9;
 }
 
+/* Times in-place MPI_Allreduce(SUM) of floats, 1 KB to 4 MB; rank 0 prints
+ * each size and a least-squares fit of t = alpha + beta * bytes. */
+static int bench_allreduce(int *argc, char ***argv)
+{
+    MPI_Init(argc, argv);
+    int rank, size;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    enum { MAX_FLOATS = 1 << 20 };
+    float *buf = cfx_calloc(MAX_FLOATS, sizeof(float));
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int points = 0;
+    if (rank == 0)
+        printf("MPI_Allreduce(SUM, float) over %d ranks\n%12s %12s %10s\n", size, "bytes",
+               "microseconds", "GB/s");
+    for (int n = 256; n <= MAX_FLOATS; n *= 2) {
+        int reps = n < 65536 ? 2000 : 200;
+        for (int r = 0; r < 10; r++)
+            MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        MPI_Barrier(MPI_COMM_WORLD);
+        double t = cfx_now();
+        for (int r = 0; r < reps; r++)
+            MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        t = (cfx_now() - t) / reps;
+        double bytes = 4.0 * n;
+        if (rank == 0)
+            printf("%12.0f %12.1f %10.2f\n", bytes, t * 1e6, bytes / t * 1e-9);
+        sx += bytes, sy += t, sxx += bytes * bytes, sxy += bytes * t;
+        points++;
+    }
+    double beta = (points * sxy - sx * sy) / (points * sxx - sx * sx);
+    double alpha = (sy - beta * sx) / points;
+    if (rank == 0)
+        printf("fit: t = %.1f us + bytes / (%.2f GB/s)\n", alpha * 1e6, 1e-9 / beta);
+    free(buf);
+    MPI_Finalize();
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--allreduce"))
+        return bench_allreduce(&argc, &argv);
     cfx_blas_select_kernels(argv);
     const char *config = "configs/seed.ini";
     int batch = 64, steps = 50, threads = 1;

@@ -359,7 +359,7 @@ static int featuremap(viz_out *o, const viz_run *r, int l, cfx_error *err)
     const double gap = 6.0, label = 15.0, header = 100.0;
     char spec[128], title[200], sub[400];
     cfx_layer_spec_format(&L->spec, spec, sizeof spec);
-    const char *tn = viz_layer_type_name(L->spec.type);
+    const char *tn = cfx_layer_type_name(L->spec.type);
     snprintf(title, sizeof title, "Layer %d: %s, output %d × %d × %d", l, tn, C, H, W);
     int img = r->images[0];
     snprintf(sub, sizeof sub, "%s\ntest image #%d (%s); each channel scaled to its own range", spec,
@@ -480,7 +480,7 @@ static int explanation(viz_out *o, const viz_run *r, int gradcam, cfx_error *err
         snprintf(sub, sizeof sub,
                  "last conv layer %d (%s, %d × %d × %d): ReLU(Σ<sub>k</sub> α<sub>k</sub> "
                  "A<sup>k</sup>), α<sub>k</sub> = mean of ∂ score / ∂ A<sup>k</sup>",
-                 r->cam_layer, viz_layer_type_name(C->spec.type), C->out_c, C->out_h, C->out_w);
+                 r->cam_layer, cfx_layer_type_name(C->spec.type), C->out_c, C->out_h, C->out_w);
         snprintf(col2, sizeof col2, "Grad-CAM (%d × %d)", r->cam_h, r->cam_w);
     } else {
         snprintf(title, sizeof title, "Saliency of the predicted class");
@@ -680,7 +680,7 @@ void viz_sanity_step_label(const viz_run *r, int s, char *buf, size_t len)
         return;
     }
     int l = r->sanity.layer[s];
-    snprintf(buf, len, "%d %s", l, viz_layer_type_name(r->model.layers[l].spec.type));
+    snprintf(buf, len, "%d %s", l, cfx_layer_type_name(r->model.layers[l].spec.type));
 }
 
 static void rho_text(char *buf, size_t len, double rho)

@@ -135,10 +135,10 @@ int viz_write_report(const viz_run *r, const viz_out *o, const char *path, doubl
         char line[256];
         if (L->flat_out)
             snprintf(line, sizeof line, "%2d  %-10s %-44s -> %d\n", l,
-                     viz_layer_type_name(L->spec.type), spec, L->out_c);
+                     cfx_layer_type_name(L->spec.type), spec, L->out_c);
         else
             snprintf(line, sizeof line, "%2d  %-10s %-44s -> %d x %d x %d\n", l,
-                     viz_layer_type_name(L->spec.type), spec, L->out_c, L->out_h, L->out_w);
+                     cfx_layer_type_name(L->spec.type), spec, L->out_c, L->out_h, L->out_w);
         put_escaped(fp, line);
     }
     fprintf(fp, "%zu parameters</pre>\n", r->model.n_params);

@@ -12,18 +12,6 @@
 #include "cfx/config.h" /* defines: cfx_parse_layers */
 #include "cfx/train.h"  /* defines: cfx_evaluate */
 
-const char *viz_layer_type_name(cfx_layer_type t)
-{
-    switch (t) {
-    case CFX_LAYER_CONV2D: return "Conv2d";
-    case CFX_LAYER_RELU: return "ReLU";
-    case CFX_LAYER_MAXPOOL2D: return "MaxPool2d";
-    case CFX_LAYER_FLATTEN: return "Flatten";
-    case CFX_LAYER_LINEAR: return "Linear";
-    }
-    return "Layer";
-}
-
 const char *viz_run_meta(const viz_run *r, const char *name)
 {
     for (int i = 0; i < r->n_meta; i++)

@@ -87,7 +87,4 @@ void viz_run_free(viz_run *r);
 /* Value of a root attribute as text ("" if absent). */
 const char *viz_run_meta(const viz_run *r, const char *name);
 
-/* Layer type name as PyTorch prints it ("Conv2d", "ReLU", ...). */
-const char *viz_layer_type_name(cfx_layer_type t);
-
 #endif
