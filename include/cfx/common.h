@@ -28,6 +28,9 @@ void *cfx_calloc_check(size_t count, size_t size, const char *file, int line);
 /* Creates a directory and its parents (like mkdir -p). */
 int cfx_mkdir_p(const char *path, cfx_error *err);
 
+/* Sum of x[0..n) in double precision (8 lanes the compiler vectorises). */
+double cfx_sum(const float *x, size_t n);
+
 /* Seconds from a monotonic clock. */
 double cfx_now(void);
 

@@ -1,5 +1,5 @@
 /* Error messages, checked allocation, directories and clocks. */
-#include "cfx/common.h" /* defines: cfx_fail, cfx_malloc_check, cfx_mkdir_p, cfx_now */
+#include "cfx/common.h" /* defines: cfx_fail, cfx_malloc_check, cfx_mkdir_p, cfx_sum, cfx_now */
 
 #include <errno.h>
 #include <stdarg.h>
@@ -60,6 +60,21 @@ int cfx_mkdir_p(const char *path, cfx_error *err)
         buf[i] = saved;
     }
     return 0;
+}
+
+double cfx_sum(const float *x, size_t n)
+{
+    double lanes[8] = {0};
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++)
+            lanes[k] += x[j + k];
+    double s = 0.0;
+    for (int k = 0; k < 8; k++)
+        s += lanes[k];
+    for (; j < n; j++)
+        s += x[j];
+    return s;
 }
 
 double cfx_now(void)

@@ -200,22 +200,6 @@ void cfx_conv2d_relu_forward(float *out, float *col, const float *in, const floa
     conv2d_forward(out, col, in, weight, bias, N, C, H, W, OC, K, stride, pad, 1);
 }
 
-/* Sum of x[0..n) in double, in 8 lanes the compiler vectorises. */
-static float row_sum(const float *x, int n)
-{
-    double lanes[8] = {0};
-    int j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int k = 0; k < 8; k++)
-            lanes[k] += x[j + k];
-    double s = 0.0;
-    for (int k = 0; k < 8; k++)
-        s += lanes[k];
-    for (; j < n; j++)
-        s += x[j];
-    return (float)s;
-}
-
 void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, float *dcol,
                          const float *dout, const float *in, const float *weight, int N, int C,
                          int H, int W, int OC, int K, int stride, int pad)
@@ -228,7 +212,7 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
         return;
     }
     for (int oc = 0; oc < OC; oc++)
-        dbias[oc] = row_sum(dout + (size_t)oc * ld, ld);
+        dbias[oc] = (float)cfx_sum(dout + (size_t)oc * ld, (size_t)ld);
     const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW);
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;

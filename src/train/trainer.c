@@ -450,9 +450,7 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
             }
             /* NaN or inf iff some summed gradient is: a double sum of floats
              * cannot overflow. Every rank holds the same sum and stops alike. */
-            double grad_sum = 0.0;
-            for (size_t i = 0; i < model.n_params; i++)
-                grad_sum += model.grads[i];
+            double grad_sum = cfx_sum(model.grads, model.n_params);
             if (!isfinite(grad_sum)) {
                 cfx_fail(err, "training diverged at epoch %d, step %d: a gradient is not "
                               "finite (their sum is %g); the last good checkpoint is kept",
