@@ -167,7 +167,8 @@ int main(int argc, char **argv)
 
     if (progress < 0)
         progress = stdout_is_terminal(); /* before MPI_Init, which may set launcher variables */
-    cfx_install_stop_handlers();         /* before MPI_Init: a signal during start-up is not lost */
+    if (!eval_path) /* before MPI_Init: a signal during start-up is not lost */
+        cfx_install_stop_handlers();
     cfx_dist dist;
     cfx_dist_init(&dist, &argc, &argv);
     int threads = cfx_blas_setup(&cfg, &dist);

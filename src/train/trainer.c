@@ -40,16 +40,18 @@ static void on_stop_signal(int sig)
     stop_requested = 1;
 }
 
-void cfx_install_stop_handlers(void)
+static void set_stop_handlers(void (*handler)(int))
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
+    sa.sa_handler = handler;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGUSR1, &sa, NULL);
 }
+
+void cfx_install_stop_handlers(void) { set_stop_handlers(on_stop_signal); }
 
 /* Fault injection for tests: CFX_FAULT_STEP=N makes rank CFX_FAULT_RANK
  * (default 0) raise CFX_FAULT_SIGNAL (TERM, INT, USR1 or KILL; default TERM)
@@ -553,6 +555,10 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
         rc = 1;
         goto done;
     }
+
+    /* Training is over and checkpointed: from here a stop signal just ends
+     * the program (the flag would no longer be looked at). */
+    set_stop_handlers(SIG_DFL);
 
     /* Test accuracy of the best weights, again shared by all ranks. */
     if (root)
