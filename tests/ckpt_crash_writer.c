@@ -1,9 +1,10 @@
 /* Helper of test_checkpoint_crash (not a test itself): rewrites one
  * checkpoint forever, numbered k = start, start + 1, ..., with every
  * parameter and optimizer value equal to k and the step counters equal to
- * k, until it is killed.
+ * k, until it is killed. With BEST, it also writes BEST after every even k,
+ * as cfx-train writes best.h5 right after last.h5 when an epoch improved.
  *
- * usage: ckpt_crash_writer PATH START */
+ * usage: ckpt_crash_writer PATH START [BEST] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,11 +19,11 @@
 
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s PATH START\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s PATH START [BEST]\n", argv[0]);
         return 2;
     }
-    const char *path = argv[1];
+    const char *path = argv[1], *best = argc == 4 ? argv[3] : NULL;
     long k = atol(argv[2]);
     cfx_error err = {{0}};
     cfx_layer_spec specs[CFX_MAX_LAYERS];
@@ -46,7 +47,9 @@ int main(int argc, char **argv)
         optim.step = k;
         state.global_step = k;
         state.epoch = (int)k;
-        if (cfx_checkpoint_write(path, &model, &optim, &state, NULL, &err) != 0) {
+        if (cfx_checkpoint_write(path, &model, &optim, &state, NULL, &err) != 0 ||
+            (best && k % 2 == 0 &&
+             cfx_checkpoint_write(best, &model, &optim, &state, NULL, &err) != 0)) {
             fprintf(stderr, "ckpt_crash_writer: %s\n", err.msg);
             return 1;
         }

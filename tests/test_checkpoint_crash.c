@@ -1,9 +1,15 @@
 /* Crash test of atomic checkpoint writes: starts ckpt_crash_writer (which
- * rewrites one checkpoint forever), SIGKILLs it at a random moment, and
- * checks that the checkpoint still loads and holds one consistent state
- * (every value equal to the same k, never older than before), many times.
- * It also reads the file while the writer is running. SIGKILL keeps the
- * page cache, so this tests the rename protocol, not power loss. */
+ * rewrites last.h5 forever, and best.h5 after every even k), SIGKILLs it at
+ * a random moment, and checks that both files still load and each holds one
+ * consistent state (every value equal to the same k, never older than
+ * before), many times. It also reads the files while the writer is running,
+ * and checks after every kill that a copy of last.h5 with one byte of one
+ * (random) dataset flipped is reported as damaged, naming that dataset: the
+ * fletcher32 checksums are verified on load. SIGKILL keeps the page cache,
+ * so this tests the rename protocol, not power loss.
+ *
+ * usage: test_checkpoint_crash [TRIALS]   (default 60; tools/faults runs hundreds)
+ * The last line printed is the summary that tools/faults reads. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,6 +30,8 @@
 #include "cfx/config.h"     /* defines: cfx_parse_layers, cfx_config_defaults */
 #include "cfx/rng.h"        /* defines: cfx_rng */
 
+#include <hdf5.h>
+
 #ifndef CFX_CRASH_WRITER
 #error "CFX_CRASH_WRITER must be defined by tests/CMakeLists.txt"
 #endif
@@ -32,11 +40,12 @@
     "conv2d out=16 kernel=3 padding=1; relu; maxpool2d kernel=2; "                                 \
     "conv2d out=32 kernel=3 padding=1; relu; maxpool2d kernel=2; "                                 \
     "conv2d out=64 kernel=3 padding=1; relu; maxpool2d kernel=2; flatten; linear out=10"
-#define TRIALS 60
+#define DEFAULT_TRIALS 60
 #define MAX_DELAY_US 80000 /* kill within 80 ms of the start */
 
 static char tmpdir[256];
 static pid_t writer = -1; /* the running writer, killed by teardown if a check fails */
+static int trials = DEFAULT_TRIALS;
 
 static int group_setup(void **state)
 {
@@ -89,12 +98,66 @@ static long load_consistent(const char *path, cfx_model *m, cfx_optim *o)
     return (long)k;
 }
 
+/* Copies src to dst with one byte in the middle of the stored data of
+ * dataset obj flipped. */
+static void copy_damaged(const char *src, const char *dst, const char *obj)
+{
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    char buf[65536];
+    for (size_t n; (n = fread(buf, 1, sizeof buf, in)) > 0;)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+    hid_t f = H5Fopen(dst, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, obj, H5P_DEFAULT);
+    hid_t s = H5Dget_space(d);
+    haddr_t addr = 0;
+    hsize_t size = 0;
+    assert_true(H5Dget_chunk_info(d, s, 0, NULL, NULL, &addr, &size) >= 0);
+    assert_true(size > 8);
+    H5Sclose(s);
+    H5Dclose(d);
+    H5Fclose(f);
+    FILE *fp = fopen(dst, "r+b");
+    assert_non_null(fp);
+    long at = (long)(addr + size / 2);
+    fseek(fp, at, SEEK_SET);
+    int c = fgetc(fp);
+    fseek(fp, at, SEEK_SET);
+    fputc(c ^ 0x10, fp);
+    assert_int_equal(fclose(fp), 0);
+}
+
+/* Damages one random dataset of a copy of path; the load must fail naming it. */
+static void check_damage_detected(const char *path, cfx_model *m, cfx_optim *o, cfx_rng *rng)
+{
+    static const char *const params[] = {"0.weight", "0.bias",  "3.weight", "3.bias",
+                                         "6.weight", "6.bias",  "10.weight", "10.bias"};
+    static const char *const groups[] = {"/model/%s", "/optimizer/%s/exp_avg",
+                                         "/optimizer/%s/exp_avg_sq"};
+    char obj[64], copy[600], want[128];
+    snprintf(obj, sizeof obj, groups[cfx_rng_below(rng, 3)], params[cfx_rng_below(rng, 8)]);
+    snprintf(copy, sizeof copy, "%s/damaged.h5", tmpdir);
+    copy_damaged(path, copy, obj);
+    cfx_train_state st;
+    cfx_error err = {{0}};
+    if (cfx_checkpoint_read(copy, m, o, &st, &err) == 0)
+        fail_msg("a damaged %s loaded without error", obj);
+    snprintf(want, sizeof want, "damaged: checksum mismatch in %s", obj);
+    if (!strstr(err.msg, want))
+        fail_msg("damage in %s reported as: %s", obj, err.msg);
+}
+
 static void test_kill_during_write(void **state)
 {
     (void)state;
-    char path[512], tmp[520];
-    snprintf(path, sizeof path, "%s/ckpt.h5", tmpdir);
+    char path[512], tmp[520], best[512], best_tmp[520];
+    snprintf(path, sizeof path, "%s/last.h5", tmpdir);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    snprintf(best, sizeof best, "%s/best.h5", tmpdir);
+    snprintf(best_tmp, sizeof best_tmp, "%s.tmp", best);
     cfx_layer_spec specs[CFX_MAX_LAYERS];
     int n_specs = 0;
     cfx_error err = {{0}};
@@ -110,10 +173,10 @@ static void test_kill_during_write(void **state)
 
     cfx_rng rng;
     cfx_rng_seed(&rng, (uint64_t)time(NULL));
-    long last = 0;
-    int mid_write = 0, advanced = 0, live_reads = 0;
+    long last = 0, last_best = 0;
+    int mid_write = 0, advanced = 0, live_reads = 0, complete = 0, damaged = 0;
     double t0 = cfx_now();
-    for (int t = 0; t < TRIALS; t++) {
+    for (int t = 0; t < trials; t++) {
         char start[32];
         snprintf(start, sizeof start, "%ld", last + 1);
         fflush(NULL);
@@ -121,7 +184,7 @@ static void test_kill_during_write(void **state)
         assert_true(pid >= 0);
         writer = pid;
         if (pid == 0) {
-            execl(CFX_CRASH_WRITER, "ckpt_crash_writer", path, start, (char *)NULL);
+            execl(CFX_CRASH_WRITER, "ckpt_crash_writer", path, start, best, (char *)NULL);
             _exit(127);
         }
         long delay = (long)cfx_rng_below(&rng, MAX_DELAY_US);
@@ -140,7 +203,14 @@ static void test_kill_during_write(void **state)
         if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
             fail_msg("trial %d: the writer stopped by itself (exit %d)", t,
                      WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        mid_write += file_exists(tmp);
+        mid_write += file_exists(tmp) || file_exists(best_tmp);
+        if (file_exists(best)) {
+            long kb = load_consistent(best, &m, &o);
+            if (kb % 2 != 0 || kb < last_best)
+                fail_msg("trial %d: best.h5 holds k = %ld (after %ld)", t, kb, last_best);
+            last_best = kb;
+        } else if (last_best != 0)
+            fail_msg("trial %d: best.h5 disappeared", t);
         if (!file_exists(path)) {
             if (last != 0)
                 fail_msg("trial %d: the checkpoint disappeared", t);
@@ -149,21 +219,35 @@ static void test_kill_during_write(void **state)
         long k = load_consistent(path, &m, &o);
         if (k < last)
             fail_msg("trial %d: found k = %ld, older than the %ld seen before", t, k, last);
+        if (last_best > k)
+            fail_msg("trial %d: best.h5 (k = %ld) is newer than last.h5 (k = %ld)", t, last_best,
+                     k);
+        complete++;
         advanced += k > last;
         last = k;
+        check_damage_detected(path, &m, &o, &rng);
+        damaged++;
     }
     print_message("%d kills in %.1f s: %d mid-write (temporary file left), %d after new "
-                  "checkpoints, %d live reads, last k = %ld\n",
-                  TRIALS, cfx_now() - t0, mid_write, advanced, live_reads, last);
+                  "checkpoints, %d live reads, last k = %ld, best k = %ld\n",
+                  trials, cfx_now() - t0, mid_write, advanced, live_reads, last, last_best);
+    print_message("checkpoint crash trials: %d (%d before the first checkpoint), best.h5 and "
+                  "last.h5 complete: %d/%d, damaged copies reported as damaged: %d/%d\n",
+                  trials, trials - complete, complete, complete, damaged, complete);
     /* The test means something only if kills hit writes in progress. */
     assert_true(mid_write > 0);
     assert_true(advanced > 0);
+    assert_true(last_best > 0);
     cfx_model_free(&m);
     cfx_optim_free(&o);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1 && (trials = atoi(argv[1])) < 1) {
+        fprintf(stderr, "usage: %s [TRIALS]\n", argv[0]);
+        return 2;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kill_during_write),
     };

@@ -9,6 +9,7 @@ packages=(
     libinih-dev libcmocka-dev
     libcairo2-dev libpango1.0-dev fonts-dejavu-core chromium
     shellcheck curl ca-certificates
+    valgrind clang-14 libclang-rt-14-dev
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -284,6 +284,8 @@ static hid_t open_checkpoint(const char *path, cfx_error *err)
                         path, (long long)st.st_size);
     if (e.flags & CFX_H5_CHECKSUM)
         return cfx_fail(err, "%s: damaged: checksum mismatch in the file's metadata", path);
+    if (e.flags & CFX_H5_DAMAGED)
+        return cfx_fail(err, "%s: damaged: %s", path, e.cause);
     return cfx_fail(err, "%s: cannot open checkpoint (damaged HDF5 file?): %s", path, e.cause);
 }
 
@@ -342,6 +344,38 @@ static int attr_error(const char *path, const char *obj, const cfx_h5_err *e, cf
     return cfx_fail(err, "%s: %s: %s", path, e->what, e->cause);
 }
 
+/* HDF5 allocates what a dataset's layout and chunk index say before it
+ * checks anything: a damaged size field would make it allocate gigabytes
+ * (found by tests/fuzz/fuzz_checkpoint). A dataset of count floats is
+ * stored in at most count floats per chunk and, with checksums, about
+ * 4 * count bytes in all. */
+static int check_storage(hid_t d, size_t count, const char *full, const char *path,
+                         cfx_error *err)
+{
+    hid_t dcpl = H5Dget_create_plist(d);
+    hsize_t chunk[H5S_MAX_RANK];
+    int ok = dcpl >= 0, rank = 0;
+    if (ok && H5Pget_layout(dcpl) == H5D_CHUNKED) {
+        rank = H5Pget_chunk(dcpl, H5S_MAX_RANK, chunk);
+        hsize_t elements = 1;
+        for (int i = 0; i < rank && elements <= count; i++)
+            elements *= chunk[i];
+        ok = rank > 0 && elements <= count;
+    }
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (!ok) {
+        H5Eclear2(H5E_DEFAULT);
+        return cfx_fail(err, "%s: damaged: %s has an impossible chunk layout", path, full);
+    }
+    hsize_t stored = H5Dget_storage_size(d);
+    if (stored <= 2 * (hsize_t)count * sizeof(float) + 4096)
+        return 0;
+    H5Eclear2(H5E_DEFAULT);
+    return cfx_fail(err, "%s: damaged: %s claims %llu bytes of storage for %zu values", path, full,
+                    (unsigned long long)stored, count);
+}
+
 /* Checks that loc/rel is a float array of p's shape and, if out is not NULL,
  * reads it. label names it in messages ("parameter 3.weight"), full is its
  * absolute path ("/model/3.weight"). Missing counts as a mismatch. */
@@ -383,6 +417,8 @@ static int read_floats(hid_t loc, const char *rel, const char *label, const char
                           have, want);
         }
     }
+    if (rc == 0 && out)
+        rc = check_storage(d, p->count, full, path, err);
     if (rc == 0 && out && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
         cfx_h5_fail(&e, "reading %s", full);
         if (e.flags & CFX_H5_CHECKSUM)

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -110,10 +112,76 @@ static hid_t make_fapl(int memory)
     return fapl;
 }
 
+/* Little-endian unsigned integer of n bytes. */
+static uint64_t get_le(const unsigned char *p, size_t n)
+{
+    uint64_t v = 0;
+    for (size_t i = n; i-- > 0;)
+        v = v << 8 | p[i];
+    return v;
+}
+
+int cfx_h5_check_global_heaps(const char *path, cfx_h5_err *e)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return cfx_h5_sys_fail(e, "opening", path);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 16) {
+        close(fd);
+        return 0; /* HDF5 reports what is wrong with it */
+    }
+    size_t n = (size_t)st.st_size;
+    unsigned char *b = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (b == MAP_FAILED)
+        return cfx_h5_sys_fail(e, "reading", path);
+    /* Size of lengths from a superblock at 0 (versions 0/1: byte 14, 2/3: 10). */
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    size_t len = 8;
+    if (n > 14 && memcmp(b, sig, 8) == 0)
+        len = b[8] < 2 ? b[14] : b[10];
+    int rc = 0;
+    if (len == 2 || len == 4 || len == 8) {
+        const size_t hdr = 8 + len; /* collection header; object header: 8 + len */
+        for (size_t at = 0; rc == 0 && at + hdr <= n; at++) {
+            const unsigned char *c = memchr(b + at, 'G', n - at);
+            if (!c)
+                break;
+            at = (size_t)(c - b);
+            if (at + hdr > n || memcmp(c, "GCOL\1\0\0\0", 8) != 0)
+                continue;
+            uint64_t size = get_le(c + 8, len);
+            if (size < 4096 || size > n - at)
+                continue; /* not a collection, or one HDF5 cannot read (an error) */
+            size_t p = hdr;
+            while (rc == 0 && p < size && p + hdr <= size) { /* a shorter tail is free space */
+                unsigned idx = (unsigned)get_le(c + p, 2);
+                uint64_t obj = get_le(c + p + 8, len);
+                uint64_t need = idx ? hdr + (obj + 7) / 8 * 8 : obj;
+                if (need == 0 || obj > size - p || need > size - p) {
+                    snprintf(e->what, sizeof e->what, "checking %s", path);
+                    snprintf(e->cause, sizeof e->cause,
+                             "corrupt global heap at byte %zu (object %u of size %llu)",
+                             at + p, idx, (unsigned long long)obj);
+                    e->flags |= CFX_H5_DAMAGED;
+                    rc = -1;
+                }
+                p += (size_t)need;
+            }
+            at += size - 1; /* the strings inside were checked as objects */
+        }
+    }
+    munmap(b, n);
+    return rc;
+}
+
 /* H5Fopen that waits up to ~2 s while another process holds the file lock
  * (e.g. h5dump reading the metrics log). */
 static hid_t open_file(const char *path, unsigned flags, int memory, cfx_h5_err *e)
 {
+    if (cfx_h5_check_global_heaps(path, e) != 0)
+        return -1;
     hid_t fapl = make_fapl(memory);
     if (fapl < 0)
         return cfx_h5_fail(e, "opening %s", path);

@@ -12,6 +12,7 @@ enum {
     CFX_H5_CHECKSUM = 1,  /* a checksum (data or metadata) did not match */
     CFX_H5_LOCKED = 2,    /* another process holds the file lock */
     CFX_H5_TRUNCATED = 4, /* the file is shorter than its superblock says */
+    CFX_H5_DAMAGED = 8,   /* a structure HDF5 would mis-read (cause says which) */
 };
 
 /* The first failure of a sequence of calls. */
@@ -41,6 +42,13 @@ hid_t cfx_h5_open_memory(const char *path, cfx_h5_err *e);
 
 /* 1 if path is an HDF5 file, 0 if not, -1 if it cannot be checked. */
 int cfx_h5_is_hdf5(const char *path, cfx_h5_err *e);
+
+/* Walks every global heap collection of the file (where variable-length
+ * strings live) as HDF5 decodes it and fails with CFX_H5_DAMAGED on one
+ * that HDF5 1.10 would loop on forever (a free-space object of size 0) or
+ * read past (an object larger than its collection). The open functions
+ * below call it first. */
+int cfx_h5_check_global_heaps(const char *path, cfx_h5_err *e);
 
 /* Opens a file on disk read-only. */
 hid_t cfx_h5_open_read(const char *path, cfx_h5_err *e);
