@@ -367,7 +367,8 @@ int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, 
             }
             if (ok)
                 ok = cfx_metrics_truncate(files.metrics_h5, state.epoch, err) == 0 &&
-                     write_metrics_csv(&files, err) == 0;
+                     /* a resume into a new output.dir has no log yet */
+                     (access(files.metrics_h5, F_OK) != 0 || write_metrics_csv(&files, err) == 0);
         }
         if (!cfx_dist_all_ok(ok)) {
             if (ok)
