@@ -35,6 +35,18 @@ static const field_def FIELDS[] = {
 };
 #define N_FIELDS (int)(sizeof FIELDS / sizeof FIELDS[0])
 
+/* Checks that an existing path is an HDF5 file, for both ways of opening. */
+static int check_hdf5(const char *path, cfx_error *err)
+{
+    cfx_h5_err e = {0};
+    int is_h5 = cfx_h5_is_hdf5(path, &e);
+    if (is_h5 < 0)
+        return cfx_fail(err, "%s: cannot open metrics log: %s", path, e.cause);
+    if (is_h5 == 0)
+        return cfx_fail(err, "%s: not an HDF5 file, not a metrics log", path);
+    return 0;
+}
+
 /* Opens the log into memory for changes (cfx_h5_save writes it back), or
  * creates it there if create is set. *missing is set (and -1 returned
  * without an error) if it does not exist and !create. */
@@ -56,11 +68,8 @@ static hid_t open_log(const char *path, int create, int *missing, cfx_error *err
             return cfx_fail(err, "%s: cannot create metrics log: %s", path, e.cause);
         return f;
     }
-    int is_h5 = cfx_h5_is_hdf5(path, &e);
-    if (is_h5 < 0)
-        return cfx_fail(err, "%s: cannot open metrics log: %s", path, e.cause);
-    if (is_h5 == 0)
-        return cfx_fail(err, "%s: not an HDF5 file, cannot use it as the metrics log", path);
+    if (check_hdf5(path, err) != 0)
+        return -1;
     hid_t f = cfx_h5_open_memory(path, &e);
     if (f < 0)
         return cfx_fail(err, "%s: cannot open metrics log: %s", path, e.cause);
@@ -257,12 +266,9 @@ int cfx_metrics_read(const char *path, cfx_epoch_metrics **rows, int *n_rows, cf
     struct stat st;
     if (stat(path, &st) != 0)
         return cfx_fail(err, "%s: cannot open metrics log: %s", path, strerror(errno));
+    if (check_hdf5(path, err) != 0)
+        return -1;
     cfx_h5_err e = {0};
-    int is_h5 = cfx_h5_is_hdf5(path, &e);
-    if (is_h5 < 0)
-        return cfx_fail(err, "%s: cannot open metrics log: %s", path, e.cause);
-    if (is_h5 == 0)
-        return cfx_fail(err, "%s: not an HDF5 file, not a metrics log", path);
     hid_t f = cfx_h5_open_read(path, &e);
     if (f < 0)
         return cfx_fail(err, "%s: cannot open metrics log: %s", path, e.cause);
