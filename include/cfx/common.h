@@ -28,6 +28,15 @@ void *cfx_calloc_check(size_t count, size_t size, const char *file, int line);
 /* Creates a directory and its parents (like mkdir -p). */
 int cfx_mkdir_p(const char *path, cfx_error *err);
 
+/* Compiles a hot loop three times (AVX-512, AVX2, baseline x86-64) and picks
+ * the one the CPU runs at load time, so one binary is fast everywhere.  Only
+ * for loops without multiplies: FMA contraction would make clones differ. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(CFX_NO_CLONES)
+#define CFX_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CFX_SIMD_CLONES
+#endif
+
 /* Sum of x[0..n) in double precision (8 lanes the compiler vectorises). */
 double cfx_sum(const float *x, size_t n);
 

@@ -58,6 +58,24 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
                          const float *dout, const float *in, const float *weight, int N, int C,
                          int H, int W, int OC, int K, int stride, int pad);
 
+/* Direct AVX-512 convolution (src/nn/conv2d_direct.c) for stride-1 "same"
+ * convolutions with K odd <= CFX_DIRECT_MAX_K and H*W a multiple of 16, on
+ * CPUs with AVX-512 (CFX_CONV=gemm in the environment turns it off). The
+ * conv2d functions above use it by themselves when it is usable. */
+#define CFX_DIRECT_MAX_K 7
+int cfx_conv2d_direct_usable(int N, int H, int W, int K, int stride, int pad);
+/* Turns the direct kernels on (if the CPU has AVX-512) or off; returns whether on. */
+int cfx_conv2d_use_direct(int on);
+/* out = conv(in) + bias (bias may be NULL), then ReLU if relu. 0 or -1 (no memory). */
+int cfx_conv2d_direct_forward(float *out, const float *in, const float *weight, const float *bias,
+                              int N, int C, int H, int W, int OC, int K, int relu);
+/* dweight = the weight gradient (overwritten). 0 or -1. */
+int cfx_conv2d_direct_weight_grad(float *dweight, const float *dout, const float *in, int N,
+                                  int C, int H, int W, int OC, int K);
+/* din = the input gradient (overwritten). 0 or -1. */
+int cfx_conv2d_direct_input_grad(float *din, const float *dout, const float *weight, int N,
+                                 int C, int H, int W, int OC, int K);
+
 void cfx_relu_forward(float *out, const float *in, size_t n);
 /* din = dout where out > 0, else 0. */
 void cfx_relu_backward(float *din, const float *dout, const float *out, size_t n);

@@ -62,7 +62,7 @@ int cfx_mkdir_p(const char *path, cfx_error *err)
     return 0;
 }
 
-double cfx_sum(const float *x, size_t n)
+CFX_SIMD_CLONES double cfx_sum(const float *x, size_t n)
 {
     double lanes[8] = {0};
     size_t j = 0;

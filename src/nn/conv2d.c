@@ -56,7 +56,7 @@ CFX_INLINE_COPIES static void im2col_same(float *col, const float *in, int N, in
 }
 
 /* im2col of images [n0, n0 + count) of a batch of N: col has count*OH*OW columns. */
-CFX_INLINE_COPIES static void im2col_range(float *col, const float *in, int N, int n0, int count, int C, int H,
+CFX_INLINE_COPIES CFX_SIMD_CLONES static void im2col_range(float *col, const float *in, int N, int n0, int count, int C, int H,
                          int W, int K, int stride, int pad, int OH, int OW)
 {
     const size_t ohw = (size_t)OH * OW, row_len = (size_t)count * ohw;
@@ -111,7 +111,7 @@ void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, 
 }
 
 /* The adjoint of im2col_range: adds the columns into images [n0, n0 + count). */
-static void col2im_range(float *in, const float *col, int N, int n0, int count, int C, int H,
+CFX_SIMD_CLONES static void col2im_range(float *in, const float *col, int N, int n0, int count, int C, int H,
                          int W, int K, int stride, int pad, int OH, int OW)
 {
     const size_t ohw = (size_t)OH * OW, row_len = (size_t)count * ohw;
@@ -161,10 +161,28 @@ int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW)
     return chunk < N ? chunk : N;
 }
 
+/* Adds bias[oc] to row oc of out (rows ld apart), then the ReLU if asked. */
+CFX_SIMD_CLONES static void add_bias(float *out, const float *bias, int OC, int cols, int ld,
+                                     int relu)
+{
+    for (int oc = 0; oc < OC; oc++) {
+        float b = bias[oc], *row = out + (size_t)oc * ld;
+        if (relu)
+            for (int j = 0; j < cols; j++)
+                row[j] = row[j] + b > 0.0f ? row[j] + b : 0.0f;
+        else
+            for (int j = 0; j < cols; j++)
+                row[j] += b;
+    }
+}
+
 static void conv2d_forward(float *out, float *col, const float *in, const float *weight,
                            const float *bias, int N, int C, int H, int W, int OC, int K,
                            int stride, int pad, int relu)
 {
+    if (cfx_conv2d_direct_usable(N, H, W, K, stride, pad) &&
+        cfx_conv2d_direct_forward(out, in, weight, bias, N, C, H, W, OC, K, relu) == 0)
+        return;
     int OH = cfx_window_out(H, K, stride, pad), OW = cfx_window_out(W, K, stride, pad);
     const int ckk = C * K * K, ohw = OH * OW, ld = N * ohw;
     const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW);
@@ -174,15 +192,7 @@ static void conv2d_forward(float *out, float *col, const float *in, const float 
         float *o = out + (size_t)n0 * ohw;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, cols, ckk, 1.0f, weight, ckk,
                     col, cols, 0.0f, o, ld);
-        for (int oc = 0; oc < OC; oc++) {
-            float b = bias[oc], *row = o + (size_t)oc * ld;
-            if (relu)
-                for (int j = 0; j < cols; j++)
-                    row[j] = row[j] + b > 0.0f ? row[j] + b : 0.0f;
-            else
-                for (int j = 0; j < cols; j++)
-                    row[j] += b;
-        }
+        add_bias(o, bias, OC, cols, ld, relu);
     }
 }
 
@@ -213,6 +223,9 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
     }
     for (int oc = 0; oc < OC; oc++)
         dbias[oc] = (float)cfx_sum(dout + (size_t)oc * ld, (size_t)ld);
+    if (din && cfx_conv2d_direct_usable(N, H, W, K, stride, pad) &&
+        cfx_conv2d_direct_input_grad(din, dout, weight, N, C, H, W, OC, K) == 0)
+        din = NULL; /* done; the weight gradient below stays on im2col + SGEMM */
     const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW);
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;

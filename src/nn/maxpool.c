@@ -4,7 +4,7 @@
 
 #include "cfx/nn.h" /* defines: cfx_maxpool_forward, cfx_maxpool_backward */
 
-static void maxpool2x2_forward(float *out, const float *in, int planes, int H, int W)
+CFX_SIMD_CLONES static void maxpool2x2_forward(float *out, const float *in, int planes, int H, int W)
 {
     int OH = H / 2, OW = W / 2;
     for (int p = 0; p < planes; p++) {
