@@ -24,6 +24,10 @@ void *cfx_malloc_check(size_t size, const char *file, int line);
 void *cfx_calloc_check(size_t count, size_t size, const char *file, int line);
 #define cfx_malloc(size) cfx_malloc_check((size), __FILE__, __LINE__)
 #define cfx_calloc(count, size) cfx_calloc_check((count), (size), __FILE__, __LINE__)
+/* Zeroed memory aligned to a 64-byte cache line (release with free). */
+void *cfx_zalloc_aligned_check(size_t count, size_t size, const char *file, int line);
+#define cfx_zalloc_aligned(count, size) \
+    cfx_zalloc_aligned_check((count), (size), __FILE__, __LINE__)
 
 /* Creates a directory and its parents (like mkdir -p). */
 int cfx_mkdir_p(const char *path, cfx_error *err);

@@ -40,6 +40,22 @@ void *cfx_calloc_check(size_t count, size_t size, const char *file, int line)
     return p;
 }
 
+void *cfx_zalloc_aligned_check(size_t count, size_t size, const char *file, int line)
+{
+    size_t bytes = (count ? count : 1) * (size ? size : 1);
+    void *p = NULL;
+    if (count && size && bytes / size != count)
+        errno = ENOMEM;
+    else if (posix_memalign(&p, 64, bytes) != 0)
+        p = NULL;
+    if (!p) {
+        fprintf(stderr, "cfx: out of memory allocating %zu x %zu bytes at %s:%d\n", count, size,
+                file, line);
+        abort();
+    }
+    return memset(p, 0, bytes);
+}
+
 int cfx_mkdir_p(const char *path, cfx_error *err)
 {
     char buf[4096];

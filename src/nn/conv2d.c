@@ -223,9 +223,10 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
     }
     for (int oc = 0; oc < OC; oc++)
         dbias[oc] = (float)cfx_sum(dout + (size_t)oc * ld, (size_t)ld);
-    if (din && cfx_conv2d_direct_usable(N, H, W, K, stride, pad) &&
-        cfx_conv2d_direct_input_grad(din, dout, weight, N, C, H, W, OC, K) == 0)
-        din = NULL; /* done; the weight gradient below stays on im2col + SGEMM */
+    if (cfx_conv2d_direct_usable(N, H, W, K, stride, pad) &&
+        cfx_conv2d_direct_weight_grad(dweight, dout, in, N, C, H, W, OC, K) == 0 &&
+        (!din || cfx_conv2d_direct_input_grad(din, dout, weight, N, C, H, W, OC, K) == 0))
+        return;
     const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW);
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;

@@ -22,7 +22,9 @@
 #define CFX_AVX512_INLINE __attribute__((target("avx512f,fma"), always_inline)) static inline
 
 /* Vectors per register block of the forward kernel; output channels per block. */
-enum { FWD_VECTORS = 3, FWD_CHANNELS = 8, WGT_CHANNELS = 4, WGT_TAPS = 6 };
+enum { FWD_VECTORS = 3, FWD_CHANNELS = 8 };
+/* Weight gradient blocks: 4 output x 6 input channels. */
+enum { WGT_CHANNELS = 4, WGT_TAPS = 6 };
 
 /* Tap offsets and per-vector masks for planes of H x W and a K x K kernel. */
 typedef struct {
@@ -121,33 +123,29 @@ CFX_AVX512 static int direct_conv(float *out, const float *in, const float *w, c
     return 0;
 }
 
-/* dweight[oc][c][tap] for oc0 .. oc0+OCB and the TB (c, tap) pairs from pair0:
- * the sum over all vectors of dout[oc] * (in[c] shifted by the tap). */
-CFX_AVX512_INLINE void weight_block(float *dweight, const float *dout, const float *in,
-                                    size_t plane, int C, const tap_table *t, int oc0, int pair0,
-                                    const int OCB, const int TB)
+/* Adds to the 16-lane partial sums part[i][j] (OCB output channels from oc0,
+ * TB input channels from c0, one tap) the products dout[oc] * (in[c] shifted
+ * by the tap) over vectors g0 .. g1. The TB loads share one mask. */
+CFX_AVX512_INLINE void weight_block(__m512 *part, const float *dout, const float *in,
+                                    size_t plane, const tap_table *t, int tap, size_t g0,
+                                    size_t g1, int oc0, int c0, const int OCB, const int TB)
 {
     const int K2 = t->K2, vpp = t->vectors_per_plane;
-    const size_t G = plane / 16;
     __m512 acc[WGT_CHANNELS][WGT_TAPS];
-    const float *src[WGT_TAPS];
-    const uint16_t *mk[WGT_TAPS];
-    for (int j = 0; j < TB; j++) {
-        int c = (pair0 + j) / K2, tap = (pair0 + j) % K2;
-        src[j] = in + (size_t)c * plane + t->offset[tap];
-        mk[j] = t->mask + tap;
-    }
     for (int i = 0; i < OCB; i++)
         for (int j = 0; j < TB; j++)
-            acc[i][j] = _mm512_setzero_ps();
+            acc[i][j] = part[i * TB + j];
     const float *d = dout + (size_t)oc0 * plane;
-    int v = 0;
-    for (size_t g = 0; g < G; g++) {
+    const float *src = in + (size_t)c0 * plane + t->offset[tap];
+    const uint16_t *mk = t->mask + tap;
+    int v = (int)(g0 % vpp);
+    for (size_t g = g0; g < g1; g++) {
         __m512 dv[WGT_CHANNELS];
         for (int i = 0; i < OCB; i++)
             dv[i] = _mm512_loadu_ps(d + (size_t)i * plane + g * 16);
+        const __mmask16 m = mk[v * K2];
         for (int j = 0; j < TB; j++) {
-            __m512 x = _mm512_maskz_loadu_ps(mk[j][v * K2], src[j] + g * 16);
+            __m512 x = _mm512_maskz_loadu_ps(m, src + (size_t)j * plane + g * 16);
             for (int i = 0; i < OCB; i++)
                 acc[i][j] = _mm512_fmadd_ps(dv[i], x, acc[i][j]);
         }
@@ -156,17 +154,45 @@ CFX_AVX512_INLINE void weight_block(float *dweight, const float *dout, const flo
     }
     for (int i = 0; i < OCB; i++)
         for (int j = 0; j < TB; j++)
-            dweight[(size_t)(oc0 + i) * C * K2 + pair0 + j] = _mm512_reduce_add_ps(acc[i][j]);
+            part[i * TB + j] = acc[i][j];
 }
 
-#define WEIGHT_TB(ocb)                                                                  \
-    do {                                                                                \
-        int pair = 0;                                                                   \
-        for (; pair + WGT_TAPS <= pairs; pair += WGT_TAPS)                              \
-            weight_block(dweight, dout, in, plane, C, &t, oc0, pair, ocb, WGT_TAPS);    \
-        for (; pair < pairs; pair++)                                                    \
-            weight_block(dweight, dout, in, plane, C, &t, oc0, pair, ocb, 1);           \
+/* dweight for OCB output channels from oc0 and TB input channels from c0:
+ * the vectors go by in chunks that stay in L1 while every tap uses them. */
+CFX_AVX512_INLINE void weight_pair(float *dweight, __m512 *part, const float *dout,
+                                   const float *in, size_t plane, int C, const tap_table *t,
+                                   size_t chunk, int oc0, int c0, const int OCB, const int TB)
+{
+    const int K2 = t->K2, n = OCB * TB;
+    const size_t G = plane / 16;
+    for (int k = 0; k < K2 * n; k++)
+        part[k] = _mm512_setzero_ps();
+    for (size_t g0 = 0; g0 < G; g0 += chunk) {
+        size_t g1 = g0 + chunk < G ? g0 + chunk : G;
+        for (int tap = 0; tap < K2; tap++)
+            weight_block(part + tap * n, dout, in, plane, t, tap, g0, g1, oc0, c0, OCB, TB);
+    }
+    for (int tap = 0; tap < K2; tap++)
+        for (int i = 0; i < OCB; i++)
+            for (int j = 0; j < TB; j++)
+                dweight[((size_t)(oc0 + i) * C + c0 + j) * K2 + tap] =
+                    _mm512_reduce_add_ps(part[tap * n + i * TB + j]);
+}
+
+#define WEIGHT_TB(ocb)                                                                     \
+    do {                                                                                   \
+        int c0 = 0;                                                                        \
+        for (; c0 + 6 <= C; c0 += 6)                                                       \
+            weight_pair(dweight, part, dout, in, plane, C, &t, chunk, oc0, c0, ocb, 6);    \
+        for (; c0 + 2 <= C; c0 += 2)                                                       \
+            weight_pair(dweight, part, dout, in, plane, C, &t, chunk, oc0, c0, ocb, 2);    \
+        for (; c0 < C; c0++)                                                               \
+            weight_pair(dweight, part, dout, in, plane, C, &t, chunk, oc0, c0, ocb, 1);    \
     } while (0)
+
+/* Vectors per chunk of the weight gradient: the chunk's dout and input
+ * vectors of one block (at most 10 channels) stay in L1 for all taps. */
+#define WGT_CHUNK 24
 
 CFX_AVX512 static int direct_weight_grad(float *dweight, const float *dout, const float *in,
                                          int N, int C, int H, int W, int OC, int K)
@@ -174,15 +200,20 @@ CFX_AVX512 static int direct_weight_grad(float *dweight, const float *dout, cons
     tap_table t;
     if (tap_table_init(&t, H, W, K) != 0)
         return -1;
-    const size_t plane = (size_t)N * H * W;
-    const int pairs = C * t.K2;
+    const size_t plane = (size_t)N * H * W, chunk = WGT_CHUNK;
+    __m512 *part = _mm_malloc((size_t)t.K2 * WGT_CHANNELS * WGT_TAPS * sizeof *part, 64);
+    if (!part) {
+        free(t.mask);
+        return -1;
+    }
     int oc0 = 0;
-    for (; oc0 + 4 <= OC; oc0 += 4)
+        for (; oc0 + 4 <= OC; oc0 += 4)
         WEIGHT_TB(4);
     for (; oc0 + 2 <= OC; oc0 += 2)
         WEIGHT_TB(2);
     for (; oc0 < OC; oc0++)
         WEIGHT_TB(1);
+    _mm_free(part);
     free(t.mask);
     return 0;
 }

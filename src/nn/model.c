@@ -115,9 +115,9 @@ int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int
         size_t per_image = i == 0 ? (size_t)in_c * in_h * in_w
                                   : (size_t)m->layers[i - 1].out_c * m->layers[i - 1].out_h *
                                         m->layers[i - 1].out_w;
-        m->acts[i] = cfx_calloc(per_image * max_batch, sizeof(float));
+        m->acts[i] = cfx_zalloc_aligned(per_image * max_batch, sizeof(float));
         if (i > 0 || input_grad)
-            m->dacts[i] = cfx_calloc(per_image * max_batch, sizeof(float));
+            m->dacts[i] = cfx_zalloc_aligned(per_image * max_batch, sizeof(float));
     }
     m->col = cfx_malloc((col_max ? col_max : 1) * sizeof(float));
     m->dcol = cfx_malloc((col_max ? col_max : 1) * sizeof(float));
