@@ -1,7 +1,9 @@
-/* The im2col + SGEMM convolution against a direct 7-loop convolution: the
- * forward, cfx_im2col itself, cfx_col2im as its adjoint, and the backward
- * (dinput, dweight, dbias), over shapes with stride and padding edge cases.
- * Activations are [C][N][H][W]; weights [OC][C][K][K]. */
+/* Both convolution kernels (im2col + SGEMM, and the direct AVX-512 one for
+ * stride-1 "same" shapes) against a plain 7-loop convolution: the forward,
+ * cfx_im2col itself, cfx_col2im as its adjoint, and the backward (dinput,
+ * dweight, dbias), over shapes with stride and padding edge cases and, for
+ * the direct kernel, channel counts and batch sizes that leave partial
+ * register blocks. Activations are [C][N][H][W]; weights [OC][C][K][K]. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -39,6 +41,16 @@ static const conv_shape shapes[] = {
     {3, 2, 9, 9, 3, 5, 3, 2}, /* stride 3 */
     {1, 1, 6, 6, 1, 3, 2, 2}, /* stride 2, padding 2 */
     {2, 3, 8, 5, 2, 2, 2, 1}, /* even kernel with padding */
+    /* stride-1 "same" shapes with H*W % 16 == 0: the direct kernel's */
+    {2, 3, 32, 32, 16, 3, 1, 1}, /* the seed's conv1 */
+    {3, 16, 16, 16, 32, 3, 1, 1}, /* conv2, batch 3 */
+    {1, 32, 8, 8, 64, 3, 1, 1}, /* conv3, one image */
+    {3, 3, 4, 4, 10, 3, 1, 1}, /* 4x4 planes: vectors span rows and images */
+    {2, 7, 8, 8, 5, 3, 1, 1}, /* 7 = 6 + 1 input, 5 = 4 + 1 output channels */
+    {5, 13, 2, 8, 11, 3, 1, 1}, /* 13 = 6 + 6 + 1, 11 = 8 + 2 + 1, two rows */
+    {2, 2, 4, 8, 3, 5, 1, 2}, /* 5x5 kernel */
+    {3, 4, 8, 2, 3, 7, 1, 3}, /* 7x7 kernel wider than the image */
+    {1, 4, 4, 4, 6, 1, 1, 0}, /* 1x1 kernel */
 };
 /* clang-format on */
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
@@ -102,6 +114,26 @@ static double max_err(const float *a, const double *ref, const double *scale, si
 #define TOL 1e-5
 
 static double worst_fwd, worst_bwd, worst_adj;
+
+/* Runs a test with the direct kernel on or off; the "on" runs are skipped on
+ * CPUs without AVX-512 (the im2col path is then the only one). */
+static int use_gemm(void **state)
+{
+    (void)state;
+    cfx_conv2d_use_direct(0);
+    return 0;
+}
+
+static int use_direct(void **state)
+{
+    (void)state;
+    if (!cfx_conv2d_use_direct(1)) {
+        print_message("this CPU has no AVX-512: the direct kernel is not tested here\n");
+        skip();
+    }
+    return 0;
+}
+
 
 /* ---- forward ----------------------------------------------------------- */
 
@@ -248,6 +280,15 @@ static void test_backward(void **state)
         cfx_conv2d_forward(out, col, in, w, b, s->N, s->C, s->H, s->W, s->OC, s->K, s->S, s->P);
         cfx_conv2d_backward(din, dw, db, col, dcol, dout, in, w, s->N, s->C, s->H, s->W, s->OC,
                             s->K, s->S, s->P);
+        /* Without din (a first layer), dweight and dbias come out the same. */
+        float *dw2 = falloc(z.w), *db2 = falloc(s->OC);
+        cfx_conv2d_backward(NULL, dw2, db2, col, dcol, dout, in, w, s->N, s->C, s->H, s->W, s->OC,
+                            s->K, s->S, s->P);
+        for (size_t i = 0; i < z.w; i++)
+            assert_true(dw2[i] == dw[i]);
+        for (int i = 0; i < s->OC; i++)
+            assert_true(db2[i] == db[i]);
+        free(dw2), free(db2);
 
         /* Direct: every (output, tap) pair adds to one weight and one pixel. */
         for (int n = 0; n < s->N; n++)
@@ -282,6 +323,21 @@ static void test_backward(void **state)
     }
 }
 
+/* With the direct kernel on, it must really have run on the shapes made for it. */
+static void test_direct_taken(void **state)
+{
+    (void)state;
+    if (!cfx_conv2d_use_direct(1))
+        skip();
+    int usable = 0;
+    for (size_t t = 0; t < N_SHAPES; t++)
+        usable += cfx_conv2d_direct_usable(shapes[t].N, shapes[t].H, shapes[t].W, shapes[t].K,
+                                           shapes[t].S, shapes[t].P);
+    assert_int_equal(usable, 10); /* the 9 above and "batch 5, same padding" */
+    cfx_conv2d_use_direct(0);
+    assert_false(cfx_conv2d_direct_usable(2, 32, 32, 3, 1, 1));
+}
+
 static int report(void **state)
 {
     (void)state;
@@ -293,10 +349,13 @@ static int report(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_forward),
+        cmocka_unit_test_setup(test_forward, use_gemm),
+        cmocka_unit_test_setup(test_forward, use_direct),
         cmocka_unit_test(test_im2col),
         cmocka_unit_test(test_col2im_adjoint),
-        cmocka_unit_test(test_backward),
+        cmocka_unit_test_setup(test_backward, use_gemm),
+        cmocka_unit_test_setup(test_backward, use_direct),
+        cmocka_unit_test(test_direct_taken),
     };
     return cmocka_run_group_tests(tests, NULL, report);
 }
