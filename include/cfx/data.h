@@ -31,6 +31,8 @@ typedef struct {
     int n_maps;
     void *maps[CFX_MAX_DATA_FILES];
     size_t map_len[CFX_MAX_DATA_FILES];
+    int fds[CFX_MAX_DATA_FILES];         /* the open files, for cfx_dataset_read */
+    long first[CFX_MAX_DATA_FILES + 1]; /* index of each file's first record */
 } cfx_dataset;
 
 /* Maps the given batch files; each must hold exactly records_per_file
@@ -42,6 +44,12 @@ int cfx_cifar10_open_train(cfx_dataset *ds, const char *dir, cfx_error *err);
 /* test_batch.bin of dir: 10,000 images. */
 int cfx_cifar10_open_test(cfx_dataset *ds, const char *dir, cfx_error *err);
 void cfx_dataset_close(cfx_dataset *ds);
+/* Record i (label byte + 3,072 pixel bytes) read with pread into record,
+ * which it returns. Training reads this way rather than through the mapping:
+ * the data then lives once in the node's page cache, shared by its ranks,
+ * and not in any rank's resident set (touching the mapping would add the
+ * pages, and 16 neighbours each, to the RSS of every rank). */
+const uint8_t *cfx_dataset_read(const cfx_dataset *ds, int i, uint8_t *record);
 
 static inline int cfx_dataset_label(const cfx_dataset *ds, int i) { return ds->records[i][0]; }
 static inline const uint8_t *cfx_dataset_pixels(const cfx_dataset *ds, int i)
@@ -78,7 +86,8 @@ void cfx_augment_draw(const cfx_augment *aug, int index, int *dy, int *dx, int *
 
 /* Writes images ds[indices[0..n)] normalised into out, in the network's
  * input layout [channel][image][row][col] (see include/cfx/nn.h), and their
- * labels into labels. aug may be NULL (no augmentation). */
+ * labels into labels. aug may be NULL (no augmentation). Reads with
+ * cfx_dataset_read. */
 void cfx_batch_fill(float *out, int *labels, const cfx_dataset *ds, const int *indices, int n,
                     const cfx_augment *aug);
 

@@ -30,8 +30,9 @@ void cfx_batch_fill(float *out, int *labels, const cfx_dataset *ds, const int *i
 
     for (int i = 0; i < n; i++) {
         int idx = indices[i];
-        const uint8_t *px = cfx_dataset_pixels(ds, idx);
-        labels[i] = cfx_dataset_label(ds, idx);
+        uint8_t buf[CFX_RECORD_BYTES];
+        const uint8_t *record = cfx_dataset_read(ds, idx, buf), *px = record + 1;
+        labels[i] = record[0];
         int dy = P, dx = P, flip = 0;
         if (aug && aug->enabled)
             cfx_augment_draw(aug, idx, &dy, &dx, &flip);

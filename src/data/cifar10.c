@@ -1,4 +1,5 @@
 /* CIFAR-10 binary reader and the train/validation split. */
+#define _DEFAULT_SOURCE /* madvise */
 #include "cfx/data.h" /* defines: cfx_dataset_open, cfx_split_make */
 
 #include <errno.h>
@@ -14,8 +15,10 @@
 const char *const CFX_CIFAR10_CLASSES[CFX_NUM_CLASSES] = {
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
 
+/* Maps one batch file and checks every label; keeps the descriptor open in
+ * *fd_out for cfx_dataset_read. */
 static int map_file(const char *path, long records_expected, void **map, size_t *len,
-                    long *n_records, cfx_error *err)
+                    long *n_records, int *fd_out, cfx_error *err)
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0)
@@ -43,18 +46,23 @@ static int map_file(const char *path, long records_expected, void **map, size_t 
     }
     void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
     int e = errno;
-    close(fd);
-    if (p == MAP_FAILED)
+    if (p == MAP_FAILED) {
+        close(fd);
         return cfx_fail(err, "%s: cannot map: %s", path, strerror(e));
+    }
     const uint8_t *bytes = p;
     for (long i = 0; i < n; i++) {
         uint8_t label = bytes[(size_t)i * CFX_RECORD_BYTES];
         if (label >= CFX_NUM_CLASSES) {
             munmap(p, size);
+            close(fd);
             return cfx_fail(err, "%s: record %ld has label %u, expected 0..9", path, i, label);
         }
+        if (i % 1024 == 1023 || i == n - 1) /* scanned pages leave the RSS as they go */
+            madvise(p, size, MADV_DONTNEED);
     }
     *map = p;
+    *fd_out = fd;
     *len = size;
     *n_records = n;
     return 0;
@@ -69,7 +77,8 @@ int cfx_dataset_open(cfx_dataset *ds, const char *const *paths, int n_files,
                         CFX_MAX_DATA_FILES);
     long counts[CFX_MAX_DATA_FILES], total = 0;
     for (int f = 0; f < n_files; f++) {
-        if (map_file(paths[f], records_per_file, &ds->maps[f], &ds->map_len[f], &counts[f], err)) {
+        if (map_file(paths[f], records_per_file, &ds->maps[f], &ds->map_len[f], &counts[f],
+                     &ds->fds[f], err)) {
             cfx_dataset_close(ds);
             return -1;
         }
@@ -79,6 +88,9 @@ int cfx_dataset_open(cfx_dataset *ds, const char *const *paths, int n_files,
     ds->n = (int)total;
     ds->records = cfx_malloc((size_t)total * sizeof *ds->records);
     long k = 0;
+    ds->first[0] = 0;
+    for (int f = 0; f < n_files; f++)
+        ds->first[f + 1] = ds->first[f] + counts[f];
     for (int f = 0; f < n_files; f++)
         for (long i = 0; i < counts[f]; i++)
             ds->records[k++] = (const uint8_t *)ds->maps[f] + (size_t)i * CFX_RECORD_BYTES;
@@ -111,10 +123,29 @@ int cfx_cifar10_open_test(cfx_dataset *ds, const char *dir, cfx_error *err)
     return open_in_dir(ds, dir, names, 1, err);
 }
 
+const uint8_t *cfx_dataset_read(const cfx_dataset *ds, int i, uint8_t *record)
+{
+    int f = 0;
+    while (f + 1 < ds->n_maps && i >= ds->first[f + 1])
+        f++;
+    off_t at = (off_t)(i - ds->first[f]) * CFX_RECORD_BYTES;
+    size_t got = 0;
+    while (got < CFX_RECORD_BYTES) {
+        ssize_t r = pread(ds->fds[f], record + got, CFX_RECORD_BYTES - got, at + (off_t)got);
+        if (r <= 0 && !(r < 0 && errno == EINTR))
+            return ds->records[i]; /* cannot happen to an intact file: use the mapping */
+        if (r > 0)
+            got += (size_t)r;
+    }
+    return record;
+}
+
 void cfx_dataset_close(cfx_dataset *ds)
 {
-    for (int f = 0; f < ds->n_maps; f++)
+    for (int f = 0; f < ds->n_maps; f++) {
         munmap(ds->maps[f], ds->map_len[f]);
+        close(ds->fds[f]);
+    }
     free(ds->records);
     memset(ds, 0, sizeof *ds);
 }

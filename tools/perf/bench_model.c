@@ -1,8 +1,11 @@
 /* cfx-bench-model: where one training step's time goes, layer by layer.
  *
  *   cfx-bench-model [--config FILE] [--batch N] [--steps N] [--threads N]
+ *                   [--conv direct|gemm]
  *   mpirun -np N cfx-bench-model --allreduce
  *
+ * --conv picks the convolution kernel: the direct AVX-512 one (the default
+ * where the CPU has it) or im2col + SGEMM, to compare the two.
  * Runs forward + loss + backward + Adam on random images for the model of
  * the config (default configs/seed.ini) and prints per-layer milliseconds and
  * GFLOP/s, the whole step, and the SGEMM peak measured on this machine.
@@ -99,9 +102,12 @@ int main(int argc, char **argv)
             steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--conv") && i + 1 < argc &&
+                 (!strcmp(argv[i + 1], "direct") || !strcmp(argv[i + 1], "gemm")))
+            cfx_conv2d_use_direct(!strcmp(argv[++i], "direct"));
         else {
             fprintf(stderr, "usage: cfx-bench-model [--config FILE] [--batch N] [--steps N] "
-                            "[--threads N]\n");
+                            "[--threads N] [--conv direct|gemm]\n");
             return 2;
         }
     }
@@ -151,8 +157,9 @@ int main(int argc, char **argv)
     t_total = cfx_now() - t_total;
     t_cpu = cpu_seconds() - t_cpu;
 
-    printf("OpenBLAS core %s, %d thread(s), batch %d, %d steps\n", cfx_blas_core(), threads,
-           batch, steps);
+    printf("OpenBLAS core %s, %d thread(s), batch %d, %d steps, convolutions: %s\n",
+           cfx_blas_core(), threads, batch, steps,
+           cfx_conv2d_direct_usable(batch, 32, 32, 3, 1, 1) ? "direct AVX-512" : "im2col + SGEMM");
     printf("%-3s %-42s %9s %9s %9s %9s\n", "#", "layer", "fwd ms", "bwd ms", "fwd GF/s",
            "bwd GF/s");
     double flops_step = 0;
