@@ -338,6 +338,34 @@ static void test_direct_taken(void **state)
     assert_false(cfx_conv2d_direct_usable(2, 32, 32, 3, 1, 1));
 }
 
+/* The direct kernels on 3 threads give bitwise the outputs of 1 thread. */
+static void test_direct_threads(void **state)
+{
+    (void)state;
+    if (!cfx_conv2d_use_direct(1))
+        skip();
+    const conv_shape s = {7, 13, 8, 8, 11, 3, 1, 1};
+    conv_sizes z = sizes_of(&s);
+    float *in = falloc(z.in), *w = falloc(z.w), *b = falloc(s.OC), *dout = falloc(z.out);
+    float *out[2], *din[2], *dw[2], db[2][16];
+    cfx_rng_seed(&rng, 9);
+    fill(in, z.in, -1, 1), fill(w, z.w, -1, 1), fill(b, s.OC, -1, 1), fill(dout, z.out, -1, 1);
+    for (int r = 0; r < 2; r++) {
+        out[r] = falloc(z.out), din[r] = falloc(z.in), dw[r] = falloc(z.w);
+        cfx_conv2d_set_threads(r == 0 ? 1 : 3);
+        cfx_conv2d_relu_forward(out[r], NULL, in, w, b, s.N, s.C, s.H, s.W, s.OC, s.K, s.S, s.P);
+        cfx_conv2d_backward(din[r], dw[r], db[r], NULL, NULL, dout, in, w, s.N, s.C, s.H, s.W,
+                            s.OC, s.K, s.S, s.P);
+    }
+    cfx_conv2d_set_threads(1);
+    assert_memory_equal(out[0], out[1], z.out * sizeof(float));
+    assert_memory_equal(din[0], din[1], z.in * sizeof(float));
+    assert_memory_equal(dw[0], dw[1], z.w * sizeof(float));
+    for (int r = 0; r < 2; r++)
+        free(out[r]), free(din[r]), free(dw[r]);
+    free(in), free(w), free(b), free(dout);
+}
+
 static int report(void **state)
 {
     (void)state;
@@ -356,6 +384,7 @@ int main(void)
         cmocka_unit_test_setup(test_backward, use_gemm),
         cmocka_unit_test_setup(test_backward, use_direct),
         cmocka_unit_test(test_direct_taken),
+        cmocka_unit_test(test_direct_threads),
     };
     return cmocka_run_group_tests(tests, NULL, report);
 }

@@ -66,6 +66,9 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
 int cfx_conv2d_direct_usable(int N, int H, int W, int K, int stride, int pad);
 /* Turns the direct kernels on (if the CPU has AVX-512) or off; returns whether on. */
 int cfx_conv2d_use_direct(int on);
+/* Threads the direct kernels use (default 1; cfx-train sets its BLAS thread
+ * count). Any count gives bitwise the same results. Needs OpenMP at build time. */
+void cfx_conv2d_set_threads(int n);
 /* out = conv(in) + bias (bias may be NULL), then ReLU if relu. 0 or -1 (no memory). */
 int cfx_conv2d_direct_forward(float *out, const float *in, const float *weight, const float *bias,
                               int N, int C, int H, int W, int OC, int K, int relu);

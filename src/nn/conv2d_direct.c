@@ -18,6 +18,9 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
+/* Threads of the direct kernels (cfx_conv2d_set_threads). */
+static int conv_threads = 1;
+
 #define CFX_AVX512 __attribute__((target("avx512f,fma")))
 #define CFX_AVX512_INLINE __attribute__((target("avx512f,fma"), always_inline)) static inline
 
@@ -93,16 +96,23 @@ CFX_AVX512_INLINE void forward_block(float *out, const float *in, const float *w
         }
 }
 
-#define FORWARD_OCB(ocb)                                                                   \
-    do {                                                                                   \
-        size_t g = 0;                                                                      \
-        for (; g + FWD_VECTORS <= G; g += FWD_VECTORS)                                     \
-            forward_block(out, in, w, bias, plane, C, &t, g, oc0, ocb, FWD_VECTORS, relu); \
-        for (; g < G; g++)                                                                 \
-            forward_block(out, in, w, bias, plane, C, &t, g, oc0, ocb, 1, relu);           \
+/* All output channels (blocks of 8, 4, 2, 1) of VB vectors from g. */
+#define FORWARD_COLUMN(g, vb)                                                               \
+    do {                                                                                    \
+        int oc0 = 0;                                                                        \
+        for (; oc0 + 8 <= OC; oc0 += 8)                                                     \
+            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 8, vb, relu);             \
+        for (; oc0 + 4 <= OC; oc0 += 4)                                                     \
+            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 4, vb, relu);             \
+        for (; oc0 + 2 <= OC; oc0 += 2)                                                     \
+            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 2, vb, relu);             \
+        for (; oc0 < OC; oc0++)                                                             \
+            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 1, vb, relu);             \
     } while (0)
 
-/* The whole convolution: blocks of 8, 4, 2, 1 output channels. */
+/* The whole convolution, split over the threads by columns of vectors (each
+ * output is computed by one thread alone, so any thread count gives the
+ * same bits). */
 CFX_AVX512 static int direct_conv(float *out, const float *in, const float *w, const float *bias,
                                   int N, int C, int H, int W, int OC, int K, int relu)
 {
@@ -110,15 +120,19 @@ CFX_AVX512 static int direct_conv(float *out, const float *in, const float *w, c
     if (tap_table_init(&t, H, W, K) != 0)
         return -1;
     const size_t plane = (size_t)N * H * W, G = plane / 16;
-    int oc0 = 0;
-    for (; oc0 + 8 <= OC; oc0 += 8)
-        FORWARD_OCB(8);
-    for (; oc0 + 4 <= OC; oc0 += 4)
-        FORWARD_OCB(4);
-    for (; oc0 + 2 <= OC; oc0 += 2)
-        FORWARD_OCB(2);
-    for (; oc0 < OC; oc0++)
-        FORWARD_OCB(1);
+    const long columns = (long)((G + FWD_VECTORS - 1) / FWD_VECTORS);
+    const int threads = conv_threads;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (long col = 0; col < columns; col++) {
+        size_t g = (size_t)col * FWD_VECTORS;
+        if (g + FWD_VECTORS <= G)
+            FORWARD_COLUMN(g, FWD_VECTORS);
+        else
+            for (; g < G; g++)
+                FORWARD_COLUMN(g, 1);
+    }
     free(t.mask);
     return 0;
 }
@@ -179,20 +193,14 @@ CFX_AVX512_INLINE void weight_pair(float *dweight, __m512 *part, const float *do
                     _mm512_reduce_add_ps(part[tap * n + i * TB + j]);
 }
 
-#define WEIGHT_TB(ocb)                                                                     \
-    do {                                                                                   \
-        int c0 = 0;                                                                        \
-        for (; c0 + 6 <= C; c0 += 6)                                                       \
-            weight_pair(dweight, part, dout, in, plane, C, &t, chunk, oc0, c0, ocb, 6);    \
-        for (; c0 + 2 <= C; c0 += 2)                                                       \
-            weight_pair(dweight, part, dout, in, plane, C, &t, chunk, oc0, c0, ocb, 2);    \
-        for (; c0 < C; c0++)                                                               \
-            weight_pair(dweight, part, dout, in, plane, C, &t, chunk, oc0, c0, ocb, 1);    \
-    } while (0)
-
 /* Vectors per chunk of the weight gradient: the chunk's dout and input
  * vectors of one block (at most 10 channels) stay in L1 for all taps. */
 #define WGT_CHUNK 24
+
+/* One (output channel block, input channel block) of the weight gradient. */
+typedef struct {
+    int oc0, ocb, c0, cb;
+} weight_task;
 
 CFX_AVX512 static int direct_weight_grad(float *dweight, const float *dout, const float *in,
                                          int N, int C, int H, int W, int OC, int K)
@@ -201,21 +209,52 @@ CFX_AVX512 static int direct_weight_grad(float *dweight, const float *dout, cons
     if (tap_table_init(&t, H, W, K) != 0)
         return -1;
     const size_t plane = (size_t)N * H * W, chunk = WGT_CHUNK;
-    __m512 *part = _mm_malloc((size_t)t.K2 * WGT_CHANNELS * WGT_TAPS * sizeof *part, 64);
-    if (!part) {
-        free(t.mask);
-        return -1;
+    /* Blocks of 4, 2, 1 output x 6, 2, 1 input channels. */
+    weight_task *tasks = malloc(((size_t)OC * C + 1) * sizeof *tasks);
+    int n_tasks = 0;
+    for (int oc0 = 0; oc0 < OC;) {
+        int ocb = OC - oc0 >= 4 ? 4 : OC - oc0 >= 2 ? 2 : 1;
+        for (int c0 = 0; c0 < C;) {
+            int cb = C - c0 >= 6 ? 6 : C - c0 >= 2 ? 2 : 1;
+            if (tasks)
+                tasks[n_tasks++] = (weight_task){oc0, ocb, c0, cb};
+            c0 += cb;
+        }
+        oc0 += ocb;
     }
-    int oc0 = 0;
-        for (; oc0 + 4 <= OC; oc0 += 4)
-        WEIGHT_TB(4);
-    for (; oc0 + 2 <= OC; oc0 += 2)
-        WEIGHT_TB(2);
-    for (; oc0 < OC; oc0++)
-        WEIGHT_TB(1);
-    _mm_free(part);
+    const int threads = conv_threads;
+    const size_t part_bytes = (size_t)t.K2 * WGT_CHANNELS * WGT_TAPS * sizeof(__m512);
+    int failed = !tasks;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1) reduction(| : failed)
+#endif
+    {
+        __m512 *part = failed ? NULL : _mm_malloc(part_bytes, 64);
+        failed |= !part;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic)
+#endif
+        for (int k = 0; k < n_tasks; k++) {
+            if (!part)
+                continue;
+            const weight_task *q = &tasks[k];
+            /* the register block sizes must be constants */
+#define WEIGHT_CASE(o, c)                                                                   \
+    case o * 8 + c:                                                                         \
+        weight_pair(dweight, part, dout, in, plane, C, &t, chunk, q->oc0, q->c0, o, c);     \
+        break
+            switch (q->ocb * 8 + q->cb) {
+                WEIGHT_CASE(4, 6); WEIGHT_CASE(4, 2); WEIGHT_CASE(4, 1);
+                WEIGHT_CASE(2, 6); WEIGHT_CASE(2, 2); WEIGHT_CASE(2, 1);
+                WEIGHT_CASE(1, 6); WEIGHT_CASE(1, 2); WEIGHT_CASE(1, 1);
+            }
+#undef WEIGHT_CASE
+        }
+        _mm_free(part);
+    }
+    free(tasks);
     free(t.mask);
-    return 0;
+    return failed ? -1 : 0;
 }
 
 static int cpu_has_avx512(void) { return __builtin_cpu_supports("avx512f"); }
@@ -233,6 +272,15 @@ static int have_avx512(void)
         direct_enabled = cpu_has_avx512() && !(force && strcmp(force, "gemm") == 0);
     }
     return direct_enabled;
+}
+
+void cfx_conv2d_set_threads(int n)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    conv_threads = n > 1 ? n : 1;
+#else
+    (void)n;
+#endif
 }
 
 int cfx_conv2d_use_direct(int on)

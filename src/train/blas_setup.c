@@ -5,6 +5,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "cfx/nn.h"    /* defines: cfx_conv2d_set_threads */
 #include "cfx/train.h" /* defines: cfx_blas_select_kernels, cfx_blas_setup */
 
 void cfx_blas_select_kernels(char **argv)
@@ -43,6 +44,7 @@ int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d)
             threads = 1;
     }
     openblas_set_num_threads(threads);
+    cfx_conv2d_set_threads(threads);
     return threads;
 }
 

@@ -118,6 +118,7 @@ int main(int argc, char **argv)
         return 2;
     }
     openblas_set_num_threads(threads);
+    cfx_conv2d_set_threads(threads);
     cfx_model m;
     cfx_optim opt;
     if (cfx_model_create(&m, cfg.layers, cfg.n_layers, 3, 32, 32, batch, 0, &err) != 0 ||

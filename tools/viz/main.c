@@ -129,6 +129,7 @@ int main(int argc, char **argv)
     const char *threads = getenv("CFX_BLAS_THREADS"); /* as cfx-train; else all cores */
     if (threads && atoi(threads) > 0)
         openblas_set_num_threads(atoi(threads));
+    cfx_conv2d_set_threads(openblas_get_num_threads());
 
     double t0 = cfx_now();
     cfx_error err = {{0}};
