@@ -345,6 +345,51 @@ static void test_maxpool_ties(void **state)
     assert_memory_equal(din, want_din, sizeof din);
 }
 
+/* The 2x2 pool on widths 8, 16 and 32 (an AVX-512 path where the CPU has
+ * it) against plain loops, with many ties and negative maxima, with and
+ * without the fused ReLU, for plane counts that leave a scalar tail. */
+static void test_maxpool_wide_ties(void **state)
+{
+    (void)state;
+    const int widths[] = {8, 16, 32}, heights[] = {2, 4, 6}, plane_counts[] = {1, 3, 8};
+    cfx_rng_seed(&rng, 21);
+    for (int wi = 0; wi < 3; wi++)
+        for (int hi = 0; hi < 3; hi++)
+            for (int pi = 0; pi < 3; pi++) {
+                const int W = widths[wi], H = heights[hi], planes = plane_counts[pi];
+                const int OH = H / 2, OW = W / 2;
+                size_t n_in = (size_t)planes * H * W, n_out = (size_t)planes * OH * OW;
+                float *in = falloc(n_in), *out = falloc(n_out), *dout = falloc(n_out);
+                float *din = falloc(n_in), *want_din = falloc(n_in), *want_out = falloc(n_out);
+                for (size_t i = 0; i < n_in; i++) /* -2..2: ties everywhere, some max <= 0 */
+                    in[i] = (float)((int)(5.0f * cfx_rng_float(&rng)) - 2);
+                for (size_t i = 0; i < n_out; i++)
+                    dout[i] = 1.0f + (float)i;
+                for (int relu = 0; relu < 2; relu++) {
+                    memset(want_din, 0, n_in * sizeof *want_din);
+                    for (int p = 0; p < planes; p++)
+                        for (int oh = 0; oh < OH; oh++)
+                            for (int ow = 0; ow < OW; ow++) {
+                                size_t base = ((size_t)p * H + 2 * oh) * W + 2 * ow, arg = base;
+                                const size_t at[4] = {base, base + 1, base + W, base + W + 1};
+                                for (int t = 1; t < 4; t++) /* the first maximum wins */
+                                    if (in[at[t]] > in[arg])
+                                        arg = at[t];
+                                size_t o = ((size_t)p * OH + oh) * OW + ow;
+                                want_out[o] = in[arg];
+                                if (!relu || in[arg] > 0.0f)
+                                    want_din[arg] = dout[o];
+                            }
+                    cfx_maxpool_forward(out, in, planes, H, W, 2, 2);
+                    (relu ? cfx_maxpool_relu_backward : cfx_maxpool_backward)(din, dout, in, planes,
+                                                                          H, W, 2, 2);
+                    assert_memory_equal(out, want_out, n_out * sizeof *out);
+                    assert_memory_equal(din, want_din, n_in * sizeof *din);
+                }
+                free(in), free(out), free(dout), free(din), free(want_din), free(want_out);
+            }
+}
+
 /* ---- flatten ----------------------------------------------------------- */
 
 typedef struct {
@@ -661,6 +706,7 @@ int main(void)
         cmocka_unit_test(test_relu_grad),
         cmocka_unit_test(test_maxpool_grad),
         cmocka_unit_test(test_maxpool_ties),
+        cmocka_unit_test(test_maxpool_wide_ties),
         cmocka_unit_test(test_flatten),
         cmocka_unit_test(test_linear_grad),
         cmocka_unit_test(test_softmax_xent_grad),

@@ -4,6 +4,132 @@
 
 #include "cfx/nn.h" /* defines: cfx_maxpool_forward, cfx_maxpool_backward */
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* AVX-512 2x2 pooling for planes of even height and width 8, 16 or 32: then
+ * every 16 consecutive outputs read 64 consecutive inputs (whole row pairs),
+ * and fixed permutations pick each window's four corners a b / c d out of
+ * those 4 vectors, and put the four gradients back. */
+typedef struct {
+    __m512i pick[4];      /* corner t of output lane j: input (pick & 31) of a vector pair */
+    __mmask16 pick_hi[4]; /* lanes whose corner is in vectors 2-3 rather than 0-1 */
+    __m512i put[4];       /* input 16k + i: lane of (corner pair) it comes from */
+    __mmask16 put_cd[4];  /* inputs that are corner c or d (pair 1) */
+} pool_perm;
+
+__attribute__((target("avx512f"))) static void pool_perm_init(pool_perm *pp, int W)
+{
+    const int OW = W / 2;
+    int pick[4][16], put[4][16];
+    __mmask16 hi[4] = {0}, cd[4] = {0};
+    for (int j = 0; j < 16; j++) {
+        int a = (j / OW) * 2 * W + 2 * (j % OW);
+        int at[4] = {a, a + 1, a + W, a + W + 1};
+        for (int t = 0; t < 4; t++) {
+            pick[t][j] = at[t] & 31;
+            if (at[t] >= 32)
+                hi[t] |= (__mmask16)(1u << j);
+            /* input at[t] gets corner t's gradient of lane j */
+            int k = at[t] / 16, i = at[t] % 16;
+            put[k][i] = j + 16 * (t & 1); /* b and d are the second of their pair */
+            if (t >= 2)
+                cd[k] |= (__mmask16)(1u << i);
+        }
+    }
+    for (int t = 0; t < 4; t++) {
+        pp->pick[t] = _mm512_loadu_si512(pick[t]);
+        pp->put[t] = _mm512_loadu_si512(put[t]);
+        pp->pick_hi[t] = hi[t];
+        pp->put_cd[t] = cd[t];
+    }
+}
+
+static int pool_simd_usable(int H, int W)
+{
+    return H % 2 == 0 && (W == 8 || W == 16 || W == 32) && __builtin_cpu_supports("avx512f");
+}
+
+__attribute__((target("avx512f"), always_inline)) static inline void
+pool_corners(const pool_perm *pp, const float *in, __m512 x[4])
+{
+    __m512 v0 = _mm512_loadu_ps(in), v1 = _mm512_loadu_ps(in + 16);
+    __m512 v2 = _mm512_loadu_ps(in + 32), v3 = _mm512_loadu_ps(in + 48);
+    for (int t = 0; t < 4; t++)
+        x[t] = _mm512_mask_blend_ps(pp->pick_hi[t], _mm512_permutex2var_ps(v0, pp->pick[t], v1),
+                                    _mm512_permutex2var_ps(v2, pp->pick[t], v3));
+}
+
+/* Returns how many outputs it did (a multiple of 16); the caller does the rest. */
+__attribute__((target("avx512f"))) static size_t pool2x2_forward_avx512(float *out,
+                                                                       const float *in,
+                                                                       size_t n_out, int W)
+{
+    pool_perm pp;
+    pool_perm_init(&pp, W);
+    size_t o = 0;
+    for (; o + 16 <= n_out; o += 16) {
+        __m512 x[4];
+        pool_corners(&pp, in + 4 * o, x);
+        /* max_ps(p, q) = p > q ? p : q: the scalar code's order and NaN handling */
+        __m512 top = _mm512_max_ps(x[1], x[0]), bottom = _mm512_max_ps(x[3], x[2]);
+        _mm512_storeu_ps(out + o, _mm512_max_ps(bottom, top));
+    }
+    return o;
+}
+
+__attribute__((target("avx512f"))) static size_t
+pool2x2_backward_avx512(float *din, const float *dout, const float *in, size_t n_out, int W,
+                        int relu)
+{
+    pool_perm pp;
+    pool_perm_init(&pp, W);
+    size_t o = 0;
+    for (; o + 16 <= n_out; o += 16) {
+        __m512 x[4];
+        pool_corners(&pp, in + 4 * o, x);
+        __mmask16 top_b = _mm512_cmp_ps_mask(x[1], x[0], _CMP_GT_OQ);
+        __mmask16 bottom_d = _mm512_cmp_ps_mask(x[3], x[2], _CMP_GT_OQ);
+        __m512 top = _mm512_mask_blend_ps(top_b, x[0], x[1]);
+        __m512 bottom = _mm512_mask_blend_ps(bottom_d, x[2], x[3]);
+        __mmask16 use_bottom = _mm512_cmp_ps_mask(bottom, top, _CMP_GT_OQ);
+        __m512 g = _mm512_loadu_ps(dout + o);
+        if (relu) /* no gradient where the maximum (a ReLU output) is 0 */
+            g = _mm512_maskz_mov_ps(
+                _mm512_cmp_ps_mask(_mm512_mask_blend_ps(use_bottom, top, bottom),
+                                   _mm512_setzero_ps(), _CMP_GT_OQ),
+                g);
+        __m512 ga = _mm512_maskz_mov_ps((__mmask16)(~use_bottom & ~top_b), g);
+        __m512 gb = _mm512_maskz_mov_ps((__mmask16)(~use_bottom & top_b), g);
+        __m512 gc = _mm512_maskz_mov_ps((__mmask16)(use_bottom & ~bottom_d), g);
+        __m512 gd = _mm512_maskz_mov_ps((__mmask16)(use_bottom & bottom_d), g);
+        for (int k = 0; k < 4; k++)
+            _mm512_storeu_ps(din + 4 * o + 16 * k,
+                             _mm512_mask_blend_ps(pp.put_cd[k],
+                                                  _mm512_permutex2var_ps(ga, pp.put[k], gb),
+                                                  _mm512_permutex2var_ps(gc, pp.put[k], gd)));
+    }
+    return o;
+}
+#else
+static int pool_simd_usable(int H, int W)
+{
+    (void)H, (void)W;
+    return 0;
+}
+static size_t pool2x2_forward_avx512(float *out, const float *in, size_t n_out, int W)
+{
+    (void)out, (void)in, (void)n_out, (void)W;
+    return 0;
+}
+static size_t pool2x2_backward_avx512(float *din, const float *dout, const float *in,
+                                      size_t n_out, int W, int relu)
+{
+    (void)din, (void)dout, (void)in, (void)n_out, (void)W, (void)relu;
+    return 0;
+}
+#endif
+
 CFX_SIMD_CLONES static void maxpool2x2_forward(float *out, const float *in, int planes, int H, int W)
 {
     int OH = H / 2, OW = W / 2;
@@ -60,6 +186,13 @@ static void maxpool2x2_backward(float *din, const float *dout, const float *in, 
 void cfx_maxpool_forward(float *out, const float *in, int planes, int H, int W, int K, int stride)
 {
     if (K == 2 && stride == 2) {
+        if (pool_simd_usable(H, W)) {
+            /* whole row pairs: the rest is whole row pairs too */
+            size_t n_out = (size_t)planes * (H / 2) * (W / 2);
+            size_t done = pool2x2_forward_avx512(out, in, n_out, W);
+            maxpool2x2_forward(out + done, in + 4 * done, 1, (int)(2 * (n_out - done) / (W / 2)), W);
+            return;
+        }
         maxpool2x2_forward(out, in, planes, H, W);
         return;
     }
@@ -84,6 +217,13 @@ static void maxpool_backward(float *din, const float *dout, const float *in, int
                              int W, int K, int stride, int relu)
 {
     if (K == 2 && stride == 2) {
+        if (pool_simd_usable(H, W)) {
+            size_t n_out = (size_t)planes * (H / 2) * (W / 2);
+            size_t done = pool2x2_backward_avx512(din, dout, in, n_out, W, relu);
+            maxpool2x2_backward(din + 4 * done, dout + done, in + 4 * done, 1,
+                                (int)(2 * (n_out - done) / (W / 2)), W, relu);
+            return;
+        }
         maxpool2x2_backward(din, dout, in, planes, H, W, relu);
         return;
     }
