@@ -1,5 +1,7 @@
 /* OpenBLAS kernel selection and thread count. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <cblas.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -40,6 +42,11 @@ int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d)
     if (threads <= 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         threads = (int)(cores / (d->local_size > 0 ? d->local_size : 1));
+        /* no more threads than the cores this rank may run on (mpirun binds
+         * each of 1 or 2 ranks to one core unless told --bind-to none) */
+        cpu_set_t allowed;
+        if (sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) < threads)
+            threads = CPU_COUNT(&allowed);
         if (threads < 1)
             threads = 1;
     }
