@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "h5_util.h" /* defines: cfx_h5_err, cfx_h5_fail, cfx_h5_save, cfx_h5_put_str */
+#include "h5_util.h" /* defines: cfx_h5_err, cfx_h5_fail, cfx_h5_finish, cfx_h5_put_str */
 
 #ifndef CFX_VERSION
 #define CFX_VERSION "unknown"
@@ -248,10 +248,7 @@ int cfx_checkpoint_write(const char *path, const cfx_model *model, const cfx_opt
         return cfx_fail(err, "%s: cannot write checkpoint (%s): %s", path, e.what, e.cause);
     int rc = write_root(f, meta, &e) || write_model(f, model, p, np, &e) ||
              (optim && write_optim(f, optim, p, np, &e)) || (state && write_state(f, state, &e));
-    if (rc)
-        H5Fclose(f);
-    else
-        rc = cfx_h5_save(f, path, &e);
+    rc = cfx_h5_finish(f, rc, path, &e);
     if (rc)
         return cfx_fail(err, "%s: cannot write checkpoint (%s): %s", path, e.what, e.cause);
     return 0;

@@ -1,7 +1,7 @@
 /* HDF5 helpers of src/io: one-line error causes from the HDF5 error stack,
  * in-memory files saved atomically (temp file, fsync, rename, fsync of the
  * directory), and scalar attributes. */
-#include "h5_util.h" /* defines: cfx_h5_err, cfx_h5_save, cfx_h5_put_str */
+#include "h5_util.h" /* defines: cfx_h5_err, cfx_h5_save, cfx_h5_finish, cfx_h5_put_str */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -323,6 +323,14 @@ static void fix_superblock_checksum(unsigned char *img, size_t size)
     uint32_t sum = lookup3(img, len);
     for (int i = 0; i < 4; i++)
         img[len + (size_t)i] = (unsigned char)(sum >> (8 * i));
+}
+
+int cfx_h5_finish(hid_t f, int status, const char *path, cfx_h5_err *e)
+{
+    if (status == 0)
+        return cfx_h5_save(f, path, e);
+    H5Fclose(f);
+    return status;
 }
 
 int cfx_h5_save(hid_t f, const char *path, cfx_h5_err *e)

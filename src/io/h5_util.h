@@ -57,6 +57,9 @@ hid_t cfx_h5_open_read(const char *path, cfx_h5_err *e);
  * path.tmp, fsyncs it, renames it over path and fsyncs the directory. On
  * failure path is untouched and path.tmp removed. f is closed either way. */
 int cfx_h5_save(hid_t f, const char *path, cfx_h5_err *e);
+/* The end of every update: saves f as cfx_h5_save if status (the result of
+ * the changes made to it) is 0, else closes it unsaved and returns status. */
+int cfx_h5_finish(hid_t f, int status, const char *path, cfx_h5_err *e);
 
 /* Scalar attributes, written or replaced. Strings are variable-length UTF-8
  * (h5py reads str); NULL writes "". */

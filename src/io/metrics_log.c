@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "h5_util.h" /* defines: cfx_h5_err, cfx_h5_fail, cfx_h5_save, cfx_h5_put_f64 */
+#include "h5_util.h" /* defines: cfx_h5_err, cfx_h5_fail, cfx_h5_finish, cfx_h5_put_f64 */
 
 #define CHUNK_ROWS 256
 
@@ -47,7 +47,7 @@ static int check_hdf5(const char *path, cfx_error *err)
     return 0;
 }
 
-/* Opens the log into memory for changes (cfx_h5_save writes it back), or
+/* Opens the log into memory for changes (cfx_h5_finish writes it back), or
  * creates it there if create is set. *missing is set (and -1 returned
  * without an error) if it does not exist and !create. */
 static hid_t open_log(const char *path, int create, int *missing, cfx_error *err)
@@ -206,10 +206,7 @@ int cfx_metrics_append(const char *path, const cfx_epoch_metrics *row, cfx_error
             H5Sclose(fs);
     }
     close_fields(d);
-    if (rc)
-        H5Fclose(f);
-    else
-        rc = cfx_h5_save(f, path, &e);
+    rc = cfx_h5_finish(f, rc, path, &e);
     if (rc)
         return cfx_fail(err, "%s: cannot append epoch %d to the metrics log (%s): %s", path,
                         row->epoch, e.what, e.cause);
@@ -229,10 +226,7 @@ int cfx_metrics_truncate(const char *path, int last_epoch, cfx_error *err)
     if (rc == 0)
         rc = set_rows(d, (hsize_t)keep, &e);
     close_fields(d);
-    if (rc)
-        H5Fclose(f);
-    else
-        rc = cfx_h5_save(f, path, &e);
+    rc = cfx_h5_finish(f, rc, path, &e);
     if (rc)
         return cfx_fail(err, "%s: cannot truncate the metrics log to epoch %d (%s): %s", path,
                         last_epoch, e.what, e.cause);
@@ -248,10 +242,7 @@ int cfx_metrics_set_test(const char *path, double test_loss, double test_accurac
     cfx_h5_err e = {0};
     int rc = cfx_h5_put_f64(f, "test_loss", test_loss, &e) ||
              cfx_h5_put_f64(f, "test_accuracy", test_accuracy, &e);
-    if (rc)
-        H5Fclose(f);
-    else
-        rc = cfx_h5_save(f, path, &e);
+    rc = cfx_h5_finish(f, rc, path, &e);
     if (rc)
         return cfx_fail(err, "%s: cannot record test results in the metrics log (%s): %s", path,
                         e.what, e.cause);
