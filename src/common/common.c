@@ -44,9 +44,8 @@ void *cfx_zalloc_aligned_check(size_t count, size_t size, const char *file, int 
 {
     size_t bytes = (count ? count : 1) * (size ? size : 1);
     void *p = NULL;
-    if (count && size && bytes / size != count)
-        errno = ENOMEM;
-    else if (posix_memalign(&p, 64, bytes) != 0)
+    int overflow = count && size && bytes / size != count;
+    if (overflow || posix_memalign(&p, 64, bytes) != 0)
         p = NULL;
     if (!p) {
         fprintf(stderr, "cfx: out of memory allocating %zu x %zu bytes at %s:%d\n", count, size,
