@@ -82,9 +82,9 @@ static int explode(const char *in, const char *out)
     /* The last convolution before the last linear layer, and that layer. */
     int conv = -1, lin = -1;
     for (int i = 0; i < m.n_layers; i++) {
-        if (m.layers[i].spec.type == CFX_LAYER_CONV2D && lin < 0)
+        if (!strcmp(m.layers[i].kind->name, "conv2d") && lin < 0)
             conv = i;
-        if (m.layers[i].spec.type == CFX_LAYER_LINEAR)
+        if (!strcmp(m.layers[i].kind->name, "linear"))
             lin = i;
     }
     if (conv < 0 || lin < 0) {

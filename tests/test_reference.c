@@ -1,4 +1,5 @@
-/* cfx against PyTorch: the seed CNN's forward pass, loss and gradients, and
+/* cfx against PyTorch: the seed CNN's and a small residual network's forward
+ * pass, loss and gradients (BatchNorm in both modes, running statistics), and
  * Adam/SGD steps, compared with fixtures written by
  * tests/fixtures/make_reference.py (format documented there); also the
  * parameter init distribution. */
@@ -17,9 +18,9 @@
 #include "cfx/nn.h"     /* defines: cfx_model, cfx_model_forward, cfx_model_backward */
 #include "cfx/optim.h"  /* defines: cfx_optim, cfx_optim_step */
 
-#define SEED_LAYERS                                                                      \
-    "conv2d out=16 kernel=3 padding=1; relu; maxpool2d kernel=2; "                       \
-    "conv2d out=32 kernel=3 padding=1; relu; maxpool2d kernel=2; "                       \
+#define SEED_LAYERS                                                                                \
+    "conv2d out=16 kernel=3 padding=1; relu; maxpool2d kernel=2; "                                 \
+    "conv2d out=32 kernel=3 padding=1; relu; maxpool2d kernel=2; "                                 \
     "conv2d out=64 kernel=3 padding=1; relu; maxpool2d kernel=2; flatten; linear out=10"
 
 /* Tolerances on max|cfx - torch| / max|torch| per tensor. */
@@ -34,7 +35,7 @@ typedef struct {
     char name[64];
     int ndim;
     uint32_t dims[FIX_MAX_DIMS];
-    size_t n;    /* elements */
+    size_t n; /* elements */
     float *data;
 } fix_tensor;
 
@@ -65,10 +66,10 @@ static void fixture_load(fixture *fx, const char *file)
     fclose(f);
 
     size_t pos = 0, len = (size_t)size;
-#define NEED(k)                                                                          \
-    do {                                                                                 \
-        if (len - pos < (size_t)(k))                                                     \
-            fail_msg("%s: truncated at byte %zu", path, pos);                            \
+#define NEED(k)                                                                                    \
+    do {                                                                                           \
+        if (len - pos < (size_t)(k))                                                               \
+            fail_msg("%s: truncated at byte %zu", path, pos);                                      \
     } while (0)
     NEED(8);
     if (memcmp(buf, "CFXF", 4) != 0)
@@ -193,11 +194,11 @@ static void test_seed_cnn_matches_torch(void **state)
         const cfx_layer *L = &m.layers[i];
         if (!L->n_weight)
             continue;
-        char name[32];
-        cfx_param_name(name, sizeof name, i, 0);
+        char name[96];
+        snprintf(name, sizeof name, "%s.weight", L->key);
         memcpy(m.params + L->weight_offset, fixture_get(&fx, name, L->n_weight)->data,
                L->n_weight * sizeof(float));
-        cfx_param_name(name, sizeof name, i, 1);
+        snprintf(name, sizeof name, "%s.bias", L->key);
         memcpy(m.params + L->bias_offset, fixture_get(&fx, name, L->n_bias)->data,
                L->n_bias * sizeof(float));
         n_param_tensors += 2;
@@ -221,8 +222,8 @@ static void test_seed_cnn_matches_torch(void **state)
 
     printf("seed CNN vs torch (tolerance %.0e):\n", MODEL_TOL);
     const float *logits = cfx_model_forward(&m, N);
-    check_close("logits", logits, fixture_get(&fx, "logits", (size_t)N * 10)->data,
-                (size_t)N * 10, MODEL_TOL);
+    check_close("logits", logits, fixture_get(&fx, "logits", (size_t)N * 10)->data, (size_t)N * 10,
+                MODEL_TOL);
 
     double loss_sum = 0.0;
     long correct = 0;
@@ -236,14 +237,140 @@ static void test_seed_cnn_matches_torch(void **state)
         if (!L->n_weight)
             continue;
         for (int is_bias = 0; is_bias <= 1; is_bias++) {
-            char name[32], gname[40];
-            cfx_param_name(name, sizeof name, i, is_bias);
+            char name[96], gname[104];
+            snprintf(name, sizeof name, "%s.%s", L->key, is_bias ? "bias" : "weight");
             snprintf(gname, sizeof gname, "grad.%s", name);
             size_t n = is_bias ? L->n_bias : L->n_weight;
             const float *g = m.grads + (is_bias ? L->bias_offset : L->weight_offset);
             check_close(gname, g, fixture_get(&fx, gname, n)->data, n, MODEL_TOL);
         }
     }
+    cfx_model_free(&m);
+    fixture_free(&fx);
+}
+
+/* ---- a small residual network with BatchNorm ------------------------------ */
+
+#define RESIDUAL_LAYERS                                                                            \
+    "conv2d out=8 kernel=3 padding=1 bias=false name=conv1; batchnorm2d name=bn1; relu;"           \
+    "basicblock out=8 name=layer1.0; basicblock out=16 stride=2 name=layer2.0; avgpool;"           \
+    "flatten; linear out=10 name=fc"
+
+/* Every state_dict entry (parameters and buffers) from the fixture, by key;
+ * returns how many there are. */
+static int load_state(cfx_model *m, const fixture *fx, const char *prefix)
+{
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const cfx_layer *L = &m->layers[i];
+        for (int t = 0; t < L->n_tensors; t++, n++) {
+            const cfx_tensor *T = &L->tensors[t];
+            char name[160];
+            snprintf(name, sizeof name, "%s%s.%s", prefix, L->key, T->suffix);
+            const fix_tensor *f = fixture_get(fx, name, T->count);
+            if (T->store == CFX_TENSOR_COUNT)
+                m->counts[T->offset] = (int64_t)f->data[0];
+            else
+                memcpy(cfx_layer_tensor(m, L, t), f->data, T->count * sizeof(float));
+        }
+    }
+    return n;
+}
+
+/* NCHW fixture -> cfx's [C][N][H][W], and back for gradients. */
+static void nchw_to_cnhw(float *dst, const float *src, int N, int C, int HW, int to_cfx)
+{
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            float *a = dst + (to_cfx ? ((size_t)c * N + n) : ((size_t)n * C + c)) * HW;
+            const float *b = src + (to_cfx ? ((size_t)n * C + c) : ((size_t)c * N + n)) * HW;
+            memcpy(a, b, (size_t)HW * sizeof(float));
+        }
+}
+
+/* One forward and backward in the fixture's mode ("train." or "eval."),
+ * compared with torch: logits, loss, every parameter gradient, the input's. */
+static void residual_pass(cfx_model *m, const fixture *fx, const char *mode)
+{
+    const int N = 4, C = 3, HW = 16 * 16;
+    char name[160];
+    nchw_to_cnhw(m->acts[0], fixture_get(fx, "input", (size_t)N * C * HW)->data, N, C, HW, 1);
+    const fix_tensor *lab = fixture_get(fx, "labels", (size_t)N);
+    int labels[4];
+    for (int n = 0; n < N; n++)
+        labels[n] = (int)lab->data[n];
+    const float *logits = cfx_model_forward(m, N);
+    snprintf(name, sizeof name, "%slogits", mode);
+    check_close(name, logits, fixture_get(fx, name, (size_t)N * 10)->data, (size_t)N * 10,
+                MODEL_TOL);
+    double loss_sum = 0.0;
+    long correct = 0;
+    cfx_softmax_xent(logits, labels, N, 10, 1.0f / N, m->dacts[m->n_layers], &loss_sum, &correct);
+    float loss = (float)(loss_sum / N);
+    snprintf(name, sizeof name, "%sloss", mode);
+    check_close(name, &loss, fixture_get(fx, name, 1)->data, 1, MODEL_TOL);
+    cfx_model_backward(m, N);
+    for (int i = 0; i < m->n_layers; i++) {
+        const cfx_layer *L = &m->layers[i];
+        for (int t = 0; t < L->n_tensors; t++) {
+            const cfx_tensor *T = &L->tensors[t];
+            if (T->store != CFX_TENSOR_PARAM)
+                continue;
+            snprintf(name, sizeof name, "%sgrad.%s.%s", mode, L->key, T->suffix);
+            check_close(name, cfx_layer_grad(m, L, t), fixture_get(fx, name, T->count)->data,
+                        T->count, MODEL_TOL);
+        }
+    }
+    float *dx = malloc((size_t)N * C * HW * sizeof *dx);
+    nchw_to_cnhw(dx, m->dacts[0], N, C, HW, 0);
+    snprintf(name, sizeof name, "%sinput_grad", mode);
+    check_close(name, dx, fixture_get(fx, name, (size_t)N * C * HW)->data, (size_t)N * C * HW,
+                MODEL_TOL);
+    free(dx);
+}
+
+static void test_residual_matches_torch(void **state)
+{
+    (void)state;
+    fixture fx;
+    fixture_load(&fx, "residual.bin");
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n_specs = 0;
+    cfx_error err;
+    cfx_model m;
+    if (cfx_parse_layers(RESIDUAL_LAYERS, specs, &n_specs, &err) != 0 ||
+        cfx_model_create(&m, specs, n_specs, 3, 16, 16, 4, CFX_MODEL_INPUT_GRAD, &err) != 0)
+        fail_msg("%s", err.msg);
+    /* The keys are torch's: every fixture state_dict entry is used. */
+    int n_state = load_state(&m, &fx, ""), n_fixture = 0;
+    for (int i = 0; i < fx.count; i++)
+        n_fixture += strchr(fx.t[i].name, '.') && strncmp(fx.t[i].name, "train.", 6) &&
+                     strncmp(fx.t[i].name, "eval.", 5);
+    assert_int_equal(n_state, n_fixture);
+    char *start = malloc(m.state_bytes);
+    memcpy(start, m.state, m.state_bytes);
+
+    printf("residual network vs torch, training mode (tolerance %.0e):\n", MODEL_TOL);
+    residual_pass(&m, &fx, "train.");
+    for (int i = 0; i < m.n_layers; i++) /* running statistics after the step */
+        for (int t = 0; t < m.layers[i].n_tensors; t++) {
+            const cfx_layer *L = &m.layers[i];
+            const cfx_tensor *T = &L->tensors[t];
+            char name[160];
+            snprintf(name, sizeof name, "train.after.%s.%s", L->key, T->suffix);
+            if (T->store == CFX_TENSOR_BUFFER)
+                check_close(name, cfx_layer_tensor(&m, L, t),
+                            fixture_get(&fx, name, T->count)->data, T->count, MODEL_TOL);
+            else if (T->store == CFX_TENSOR_COUNT)
+                assert_int_equal(m.counts[T->offset], (int64_t)fixture_get(&fx, name, 1)->data[0]);
+        }
+
+    printf("residual network vs torch, eval mode:\n");
+    memcpy(m.state, start, m.state_bytes);
+    cfx_model_set_training(&m, 0);
+    residual_pass(&m, &fx, "eval.");
+    assert_memory_equal(m.state, start, m.state_bytes); /* eval changes no buffer */
+    free(start);
     cfx_model_free(&m);
     fixture_free(&fx);
 }
@@ -364,14 +491,15 @@ static void test_init_distribution(void **state)
             }
             double mean = sum / n, sd = sqrt(sq / n - mean * mean);
             double want_sd = bound / sqrt(3.0);
-            char name[32];
-            cfx_param_name(name, sizeof name, i, is_bias);
+            char name[96];
+            snprintf(name, sizeof name, "%s.%s", L->key, is_bias ? "bias" : "weight");
             const fix_tensor *t = fixture_get(&fx, name, n);
             double torch_max = 0.0;
             for (size_t j = 0; j < n; j++)
                 torch_max = fmax(torch_max, fabs(t->data[j]));
             printf("  %-10s n=%5zu bound %.4f  max %.4f  mean %+.5f  std/expected %.3f"
-                   "  torch max %.4f\n", name, n, bound, amax, mean, sd / want_sd, torch_max);
+                   "  torch max %.4f\n",
+                   name, n, bound, amax, mean, sd / want_sd, torch_max);
             assert_true(amax <= bound * (1.0 + 1e-6));
             assert_true(torch_max <= bound * (1.0 + 1e-6));
             if (n >= 1000) {
@@ -401,6 +529,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seed_cnn_matches_torch),
+        cmocka_unit_test(test_residual_matches_torch),
         cmocka_unit_test(test_adam_matches_torch),
         cmocka_unit_test(test_sgd_matches_torch),
         cmocka_unit_test(test_init_distribution),

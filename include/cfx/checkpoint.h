@@ -4,11 +4,12 @@
  *   /                 attributes: format_version, config (INI text), layers,
  *                     cfx_version, git_commit, ranks, blas_core, blas_threads,
  *                     seed, host, start_time
- *   /model/<key>      parameters under their PyTorch state_dict keys
- *                     ("0.weight" [16,3,3,3], ..., "10.bias" [10]), C order,
- *                     attributes describing the layer (layer_type,
- *                     in_channels, out_channels, kernel_size, stride, padding
- *                     or in_features, out_features)
+ *   /model/<key>      parameters and buffers under their PyTorch state_dict
+ *                     keys ("0.weight" [16,3,3,3], ..., "10.bias" [10];
+ *                     "bn1.running_mean", "bn1.num_batches_tracked" int64),
+ *                     C order, attributes describing the layer (layer_type
+ *                     and its torch.nn arguments: in_channels, out_channels,
+ *                     kernel_size, stride, padding, ... from the layer table)
  *   /optimizer        attributes: name, lr, beta1, beta2, eps, momentum,
  *                     weight_decay, nesterov, step
  *   /optimizer/<key>/exp_avg, exp_avg_sq   (Adam)

@@ -32,6 +32,10 @@ void *cfx_zalloc_aligned_check(size_t count, size_t size, const char *file, int 
 /* Creates a directory and its parents (like mkdir -p). */
 int cfx_mkdir_p(const char *path, cfx_error *err);
 
+/* Replaces path with data whole: path.tmp, fsync, rename, fsync of the
+ * directory. On failure the previous file at path is untouched. */
+int cfx_write_file_atomic(const char *path, const void *data, size_t size, cfx_error *err);
+
 /* Compiles a hot loop three times (AVX-512, AVX2, baseline x86-64) and picks
  * the one the CPU runs at load time, so one binary is fast everywhere.  Only
  * for loops without multiplies: FMA contraction would make clones differ. */

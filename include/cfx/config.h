@@ -9,26 +9,8 @@
 #include <stdint.h>
 
 #include "cfx/common.h" /* defines: cfx_error */
+#include "cfx/layers.h" /* defines: cfx_layer_spec, CFX_MAX_LAYERS, cfx_parse_layers */
 
-typedef enum {
-    CFX_LAYER_CONV2D,
-    CFX_LAYER_RELU,
-    CFX_LAYER_MAXPOOL2D,
-    CFX_LAYER_FLATTEN,
-    CFX_LAYER_LINEAR,
-} cfx_layer_type;
-
-/* One entry of model.layers, e.g. "conv2d out=16 kernel=3 padding=1". */
-typedef struct {
-    cfx_layer_type type;
-    int out_channels; /* conv2d */
-    int kernel;       /* conv2d, maxpool2d */
-    int stride;       /* conv2d, maxpool2d (maxpool default: kernel) */
-    int padding;      /* conv2d */
-    int out_features; /* linear */
-} cfx_layer_spec;
-
-#define CFX_MAX_LAYERS 64
 #define CFX_PATH_LEN 1024
 
 typedef struct {
@@ -67,12 +49,6 @@ int cfx_config_load(cfx_config *cfg, const char *path, int n_overrides,
 
 /* Sets one key from its text value ("optim.lr", "3e-4"). */
 int cfx_config_set(cfx_config *cfg, const char *dotted_key, const char *value, cfx_error *err);
-
-/* Parses a layer list: entries separated by ';' or newlines. */
-int cfx_parse_layers(const char *text, cfx_layer_spec *layers, int *n_layers, cfx_error *err);
-
-/* Formats one layer as it would be written in a config ("conv2d out=16 ..."). */
-void cfx_layer_spec_format(const cfx_layer_spec *layer, char *buf, size_t len);
 
 /* The effective configuration as INI text (malloc'd; caller frees). */
 char *cfx_config_to_ini(const cfx_config *cfg);

@@ -37,8 +37,8 @@ typedef struct {
     double accuracy; /* share of correct argmax predictions */
 } cfx_eval_result;
 
-/* Forward passes over ds[indices[0..n)] in chunks of at most m->max_batch
- * images without augmentation. predictions (n ints) and probs (n x classes
+/* Forward passes in eval mode over ds[indices[0..n)] in chunks of at most
+ * m->max_batch images without augmentation. predictions (n ints) and probs (n x classes
  * floats) may be NULL. */
 void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
                   cfx_eval_result *result, int *predictions, float *probs);

@@ -1,12 +1,14 @@
-/* Error messages, checked allocation, directories and clocks. */
+/* Error messages, checked allocation, directories, atomic file writes and clocks. */
 #include "cfx/common.h" /* defines: cfx_fail, cfx_malloc_check, cfx_mkdir_p, cfx_sum, cfx_now */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 int cfx_fail(cfx_error *err, const char *fmt, ...)
 {
@@ -97,4 +99,51 @@ double cfx_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int cfx_write_file_atomic(const char *path, const void *data, size_t size, cfx_error *err)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return cfx_fail(err, "%s: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return cfx_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
+    const char *p = data;
+    size_t left = size;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return cfx_fail(err, "%s: write failed: %s", tmp, strerror(e));
+        }
+        p += w, left -= (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return cfx_fail(err, "%s: write failed: %s", tmp, strerror(e));
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return cfx_fail(err, "%s: cannot rename into place: %s", path, strerror(e));
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        slash[slash == dir] = '\0'; /* "/name" keeps "/" */
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) { /* make the rename durable */
+        fsync(dfd);
+        close(dfd);
+    }
+    return 0;
 }

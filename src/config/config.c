@@ -56,8 +56,7 @@ static const key_def KEYS[] = {
      "L2 penalty added to the gradient (as torch.optim)"},
     {"optim", "nesterov", KEY_BOOL, FIELD(nesterov), 0, 1, NULL, "false", "SGD Nesterov momentum"},
     {"model", "layers", KEY_LAYERS, 0, 0, 0, 0, NULL, NULL,
-     "layer list, one per line or ';'-separated: conv2d out=N kernel=K [stride=S] [padding=P] | "
-     "relu | maxpool2d kernel=K [stride=S] | flatten | linear out=N"},
+     "the layers, one per line or ';'-separated, from these types and options"},
     {"output", "dir", KEY_STRING, FIELD(output_dir), 0, 0, NULL, NULL,
      "run directory: logs/ and checkpoints/ are written here"},
     {"runtime", "blas_threads", KEY_INT, FIELD(blas_threads), 0, 1024, NULL, "0",
@@ -149,105 +148,6 @@ static int parse_long(const char *text, long *out)
         return -1;
     *out = v;
     return 0;
-}
-
-/* ---- layers ------------------------------------------------------------ */
-
-static int parse_layer(char *item, cfx_layer_spec *l, cfx_error *err)
-{
-    memset(l, 0, sizeof *l);
-    char *save = NULL;
-    char *type = strtok_r(item, " \t", &save);
-    int need_out = 0, need_kernel = 0;
-    if (strcmp(type, "conv2d") == 0) {
-        l->type = CFX_LAYER_CONV2D;
-        l->stride = 1;
-        need_out = need_kernel = 1;
-    } else if (strcmp(type, "relu") == 0) {
-        l->type = CFX_LAYER_RELU;
-    } else if (strcmp(type, "maxpool2d") == 0) {
-        l->type = CFX_LAYER_MAXPOOL2D;
-        need_kernel = 1;
-    } else if (strcmp(type, "flatten") == 0) {
-        l->type = CFX_LAYER_FLATTEN;
-    } else if (strcmp(type, "linear") == 0) {
-        l->type = CFX_LAYER_LINEAR;
-        need_out = 1;
-    } else {
-        return cfx_fail(err, "model.layers: unknown layer type '%s' (expected conv2d, relu, "
-                             "maxpool2d, flatten or linear)", type);
-    }
-    for (char *opt; (opt = strtok_r(NULL, " \t", &save));) {
-        char *eq = strchr(opt, '=');
-        long v;
-        if (!eq || parse_long(eq + 1, &v) != 0 || v < 0 || v > 65536)
-            return cfx_fail(err, "model.layers: %s: bad option '%s' (expected name=integer)",
-                            type, opt);
-        *eq = '\0';
-        int *field = NULL;
-        if (strcmp(opt, "out") == 0 && need_out)
-            field = l->type == CFX_LAYER_LINEAR ? &l->out_features : &l->out_channels;
-        else if (strcmp(opt, "kernel") == 0 && need_kernel)
-            field = &l->kernel;
-        else if (strcmp(opt, "stride") == 0 && need_kernel)
-            field = &l->stride;
-        else if (strcmp(opt, "padding") == 0 && l->type == CFX_LAYER_CONV2D)
-            field = &l->padding;
-        if (!field)
-            return cfx_fail(err, "model.layers: %s has no option '%s'", type, opt);
-        *field = (int)v;
-    }
-    if (need_out && (l->type == CFX_LAYER_LINEAR ? l->out_features : l->out_channels) <= 0)
-        return cfx_fail(err, "model.layers: %s needs out=N with N >= 1", type);
-    if (need_kernel && l->kernel <= 0)
-        return cfx_fail(err, "model.layers: %s needs kernel=K with K >= 1", type);
-    if (l->type == CFX_LAYER_MAXPOOL2D && l->stride == 0)
-        l->stride = l->kernel;
-    if (need_kernel && l->stride <= 0)
-        return cfx_fail(err, "model.layers: %s needs stride >= 1", type);
-    return 0;
-}
-
-int cfx_parse_layers(const char *text, cfx_layer_spec *layers, int *n_layers, cfx_error *err)
-{
-    char *copy = cfx_malloc(strlen(text) + 1);
-    strcpy(copy, text);
-    int n = 0, rc = 0;
-    char *save = NULL;
-    for (char *item = strtok_r(copy, ";\n", &save); item; item = strtok_r(NULL, ";\n", &save)) {
-        item = trim(item);
-        if (*item == '\0')
-            continue;
-        if (n == CFX_MAX_LAYERS) {
-            rc = cfx_fail(err, "model.layers: more than %d layers", CFX_MAX_LAYERS);
-            break;
-        }
-        if ((rc = parse_layer(item, &layers[n], err)) != 0)
-            break;
-        n++;
-    }
-    free(copy);
-    if (rc == 0 && n == 0)
-        rc = cfx_fail(err, "model.layers: the layer list is empty");
-    if (rc == 0)
-        *n_layers = n;
-    return rc;
-}
-
-void cfx_layer_spec_format(const cfx_layer_spec *l, char *buf, size_t len)
-{
-    switch (l->type) {
-    case CFX_LAYER_CONV2D:
-        snprintf(buf, len, "conv2d out=%d kernel=%d stride=%d padding=%d", l->out_channels,
-                 l->kernel, l->stride, l->padding);
-        break;
-    case CFX_LAYER_RELU: snprintf(buf, len, "relu"); break;
-    case CFX_LAYER_MAXPOOL2D:
-        snprintf(buf, len, "maxpool2d kernel=%d stride=%d", l->kernel, l->stride);
-        break;
-    case CFX_LAYER_FLATTEN: snprintf(buf, len, "flatten"); break;
-    case CFX_LAYER_LINEAR: snprintf(buf, len, "linear out=%d", l->out_features); break;
-    }
 }
 
 /* ---- setting values ----------------------------------------------------- */
@@ -573,6 +473,20 @@ static void format_value(const cfx_config *cfg, const key_def *k, char **buf, si
     }
 }
 
+/* One comment line per layer type, from the layer table. */
+static void append_layer_help(char **buf, size_t *len, size_t *cap)
+{
+    char help[4096];
+    cfx_layer_kinds_help(help, sizeof help);
+    for (char *save = NULL, *line = strtok_r(help, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save))
+        append(buf, len, cap, "#   %s\n", line);
+    append(buf, len, cap, "#   every layer also takes %s: its name (checkpoint keys are "
+                          "<name>.weight, ...; unnamed layers use their index) and the layers "
+                          "it reads (names, or -k for k entries back; default: the previous)\n",
+           CFX_COMMON_OPTIONS);
+}
+
 static char *write_ini(const cfx_config *cfg, int reference)
 {
     size_t len = 0, cap = 2048;
@@ -592,6 +506,8 @@ static char *write_ini(const cfx_config *cfg, int reference)
         }
         if (reference) {
             append(&buf, &len, &cap, "# %s%s\n", k->help, k->def ? "" : " (required)");
+            if (k->type == KEY_LAYERS)
+                append_layer_help(&buf, &len, &cap);
             if (!k->def) {
                 append(&buf, &len, &cap, "# %s =\n", k->name);
                 continue;

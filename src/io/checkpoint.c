@@ -22,7 +22,6 @@
 #endif
 
 #define CKPT_FORMAT_VERSION 1
-#define MAX_PARAMS (2 * CFX_MAX_LAYERS)
 
 /* Informational (see cfx/rng.h): the seeds and the position are the RNG state. */
 #define RNG_DESCRIPTION                                                                            \
@@ -30,42 +29,44 @@
     "(seed or split_seed, stream, counter); seed, split_seed, epoch and step_in_epoch are the "    \
     "whole state"
 
-/* One parameter tensor of the model. */
+/* One tensor of the model's state_dict: a parameter or a buffer. */
 typedef struct {
-    char key[32]; /* state_dict key, "3.weight" */
+    char key[2 * CFX_NAME_LEN]; /* state_dict key, "3.weight", "layer1.0.bn1.running_mean" */
     int rank;
     hsize_t dims[4]; /* PyTorch shape */
-    size_t offset, count;
+    size_t count;
+    cfx_tensor_store store;
+    void *data;          /* in the model's state */
+    size_t state_offset; /* bytes from the start of the model's state */
+    size_t param_offset; /* parameters: into params (and optimizer buffers) */
     const cfx_layer *layer;
 } param_info;
 
-static int list_params(const cfx_model *m, param_info *p)
+/* Every tensor of the model, in state_dict order (malloc'd; *n of them). */
+static param_info *list_params(const cfx_model *m, int *n)
 {
-    int n = 0;
+    int total = 0;
+    for (int i = 0; i < m->n_layers; i++)
+        total += m->layers[i].n_tensors;
+    param_info *p = cfx_calloc(total ? (size_t)total : 1, sizeof *p);
+    *n = 0;
     for (int i = 0; i < m->n_layers; i++) {
         const cfx_layer *L = &m->layers[i];
-        if (!L->n_weight)
-            continue;
-        for (int is_bias = 0; is_bias < 2; is_bias++) {
-            param_info *q = &p[n++];
-            cfx_param_name(q->key, sizeof q->key, i, is_bias);
+        for (int t = 0; t < L->n_tensors; t++) {
+            const cfx_tensor *T = &L->tensors[t];
+            param_info *q = &p[(*n)++];
+            snprintf(q->key, sizeof q->key, "%s.%s", L->key, T->suffix);
             q->layer = L;
-            q->offset = is_bias ? L->bias_offset : L->weight_offset;
-            q->count = is_bias ? L->n_bias : L->n_weight;
-            if (is_bias) {
-                q->rank = 1;
-                q->dims[0] = L->n_bias;
-            } else if (L->spec.type == CFX_LAYER_CONV2D) {
-                q->rank = 4;
-                q->dims[0] = (hsize_t)L->out_c, q->dims[1] = (hsize_t)L->in_c;
-                q->dims[2] = q->dims[3] = (hsize_t)L->spec.kernel;
-            } else {
-                q->rank = 2;
-                q->dims[0] = (hsize_t)L->out_c, q->dims[1] = (hsize_t)L->in_c;
-            }
+            q->rank = T->rank, q->count = T->count, q->store = T->store;
+            for (int d = 0; d < T->rank; d++)
+                q->dims[d] = (hsize_t)T->dims[d];
+            q->data = T->store == CFX_TENSOR_COUNT ? (void *)(m->counts + T->offset)
+                                                   : (void *)cfx_layer_tensor(m, L, t);
+            q->state_offset = (size_t)((char *)q->data - (char *)m->state);
+            q->param_offset = T->offset;
         }
     }
-    return n;
+    return p;
 }
 
 /* "64x16x3x3" */
@@ -90,19 +91,23 @@ static hid_t create_group(hid_t loc, const char *name, cfx_h5_err *e)
     return g;
 }
 
-/* A float32 dataset stored as one chunk with the fletcher32 checksum.
- * Returns it open (for attributes), or -1. */
-static hid_t write_floats(hid_t loc, const char *where, const char *name, int rank,
-                          const hsize_t *dims, const float *data, cfx_h5_err *e)
+/* A float32 (or, with is_int, int64) dataset stored as one chunk with the
+ * fletcher32 checksum; scalars (rank 0) are contiguous. Returns it open (for
+ * attributes), or -1. */
+static hid_t write_tensor(hid_t loc, const char *where, const char *name, int rank,
+                          const hsize_t *dims, const void *data, int is_int, cfx_h5_err *e)
 {
-    hid_t space = H5Screate_simple(rank, dims, NULL);
+    hid_t space = rank ? H5Screate_simple(rank, dims, NULL) : H5Screate(H5S_SCALAR);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     hid_t d = -1;
-    if (space < 0 || dcpl < 0 || H5Pset_chunk(dcpl, rank, dims) < 0 || H5Pset_fletcher32(dcpl) < 0)
+    hid_t file_type = is_int ? H5T_STD_I64LE : H5T_IEEE_F32LE;
+    hid_t mem_type = is_int ? H5T_NATIVE_INT64 : H5T_NATIVE_FLOAT;
+    if (space < 0 || dcpl < 0 ||
+        (rank && (H5Pset_chunk(dcpl, rank, dims) < 0 || H5Pset_fletcher32(dcpl) < 0)))
         cfx_h5_fail(e, "creating %s/%s", where, name);
-    else if ((d = H5Dcreate2(loc, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)) < 0)
+    else if ((d = H5Dcreate2(loc, name, file_type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT)) < 0)
         cfx_h5_fail(e, "creating %s/%s", where, name);
-    else if (H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
+    else if (H5Dwrite(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
         cfx_h5_fail(e, "writing %s/%s", where, name);
         H5Dclose(d);
         d = -1;
@@ -117,28 +122,24 @@ static hid_t write_floats(hid_t loc, const char *where, const char *name, int ra
 /* The layer's description, as the arguments of its torch.nn module. */
 static int write_layer_attrs(hid_t d, const cfx_layer *L, cfx_h5_err *e)
 {
-    int failed = cfx_h5_put_str(d, "layer_type", cfx_layer_type_name(L->spec.type), e);
-    if (L->spec.type == CFX_LAYER_CONV2D)
-        failed = failed || cfx_h5_put_i64(d, "in_channels", L->in_c, e) ||
-                 cfx_h5_put_i64(d, "out_channels", L->out_c, e) ||
-                 cfx_h5_put_i64(d, "kernel_size", L->spec.kernel, e) ||
-                 cfx_h5_put_i64(d, "stride", L->spec.stride, e) ||
-                 cfx_h5_put_i64(d, "padding", L->spec.padding, e);
-    else
-        failed = failed || cfx_h5_put_i64(d, "in_features", L->in_c, e) ||
-                 cfx_h5_put_i64(d, "out_features", L->out_c, e);
+    int failed = cfx_h5_put_str(d, "layer_type", L->kind->torch_name, e);
+    cfx_attr a[CFX_MAX_ATTRS];
+    int n = L->kind->attrs ? L->kind->attrs(L, a) : 0;
+    for (int i = 0; i < n && !failed; i++)
+        failed = a[i].is_int ? cfx_h5_put_i64(d, a[i].name, (int64_t)a[i].value, e)
+                             : cfx_h5_put_f64(d, a[i].name, a[i].value, e);
     return failed ? -1 : 0;
 }
 
-static int write_model(hid_t f, const cfx_model *m, const param_info *p, int np, cfx_h5_err *e)
+static int write_model(hid_t f, const param_info *p, int np, cfx_h5_err *e)
 {
     hid_t g = create_group(f, "model", e);
     if (g < 0)
         return -1;
     int rc = 0;
     for (int i = 0; i < np && rc == 0; i++) {
-        hid_t d =
-            write_floats(g, "/model", p[i].key, p[i].rank, p[i].dims, m->params + p[i].offset, e);
+        hid_t d = write_tensor(g, "/model", p[i].key, p[i].rank, p[i].dims, p[i].data,
+                               p[i].store == CFX_TENSOR_COUNT, e);
         if (d < 0)
             rc = -1;
         else {
@@ -155,13 +156,16 @@ static int write_optim_buffers(hid_t g, const param_info *p, int np, const char 
                                const float *buf, cfx_h5_err *e)
 {
     for (int i = 0; i < np; i++) {
+        if (p[i].store != CFX_TENSOR_PARAM)
+            continue; /* buffers are not optimised */
         htri_t have = H5Lexists(g, p[i].key, H5P_DEFAULT);
         hid_t sub = have > 0 ? H5Gopen2(g, p[i].key, H5P_DEFAULT) : create_group(g, p[i].key, e);
         if (sub < 0)
             return cfx_h5_fail(e, "creating group /optimizer/%s", p[i].key);
-        char where[64];
+        char where[2 * CFX_NAME_LEN + 16];
         snprintf(where, sizeof where, "/optimizer/%s", p[i].key);
-        hid_t d = write_floats(sub, where, name, p[i].rank, p[i].dims, buf + p[i].offset, e);
+        hid_t d =
+            write_tensor(sub, where, name, p[i].rank, p[i].dims, buf + p[i].param_offset, 0, e);
         if (d >= 0)
             H5Dclose(d);
         H5Gclose(sub);
@@ -239,16 +243,19 @@ int cfx_checkpoint_write(const char *path, const cfx_model *model, const cfx_opt
                         "%s: cannot write checkpoint: the optimizer holds %zu values, the "
                         "model has %zu parameters",
                         path, optim->n, model->n_params);
-    param_info p[MAX_PARAMS];
-    int np = list_params(model, p);
+    int np;
+    param_info *p = list_params(model, &np);
     /* Built in memory, then written to path.tmp, synced and renamed. */
     cfx_h5_err e = {0};
     hid_t f = cfx_h5_create_memory(path, &e);
-    if (f < 0)
+    if (f < 0) {
+        free(p);
         return cfx_fail(err, "%s: cannot write checkpoint (%s): %s", path, e.what, e.cause);
-    int rc = write_root(f, meta, &e) || write_model(f, model, p, np, &e) ||
+    }
+    int rc = write_root(f, meta, &e) || write_model(f, p, np, &e) ||
              (optim && write_optim(f, optim, p, np, &e)) || (state && write_state(f, state, &e));
     rc = cfx_h5_finish(f, rc, path, &e);
+    free(p);
     if (rc)
         return cfx_fail(err, "%s: cannot write checkpoint (%s): %s", path, e.what, e.cause);
     return 0;
@@ -346,8 +353,7 @@ static int attr_error(const char *path, const char *obj, const cfx_h5_err *e, cf
  * (found by tests/fuzz/fuzz_checkpoint). A dataset of count floats is
  * stored in at most count floats per chunk and, with checksums, about
  * 4 * count bytes in all. */
-static int check_storage(hid_t d, size_t count, const char *full, const char *path,
-                         cfx_error *err)
+static int check_storage(hid_t d, size_t count, const char *full, const char *path, cfx_error *err)
 {
     hid_t dcpl = H5Dget_create_plist(d);
     hsize_t chunk[H5S_MAX_RANK];
@@ -373,12 +379,14 @@ static int check_storage(hid_t d, size_t count, const char *full, const char *pa
                     (unsigned long long)stored, count);
 }
 
-/* Checks that loc/rel is a float array of p's shape and, if out is not NULL,
- * reads it. label names it in messages ("parameter 3.weight"), full is its
- * absolute path ("/model/3.weight"). Missing counts as a mismatch. */
-static int read_floats(hid_t loc, const char *rel, const char *label, const char *full,
-                       const param_info *p, float *out, const char *path, cfx_error *err)
+/* Checks that loc/rel is an array of p's shape (float, or integer for
+ * counters) and, if out is not NULL, reads it. label names it in messages
+ * ("parameter 3.weight"), full is its absolute path ("/model/3.weight").
+ * Missing counts as a mismatch. */
+static int read_tensor(hid_t loc, const char *rel, const char *label, const char *full,
+                       const param_info *p, void *out, const char *path, cfx_error *err)
 {
+    const int is_int = p->store == CFX_TENSOR_COUNT;
     char want[64], have[64];
     shape_str(want, sizeof want, p->rank, p->dims);
     int has = path_exists(loc, rel);
@@ -402,8 +410,9 @@ static int read_floats(hid_t loc, const char *rel, const char *label, const char
     if (rank < 0 || type < 0 || H5Sget_simple_extent_dims(space, dims, NULL) < 0) {
         cfx_h5_fail(&e, "reading the shape of %s", full);
         rc = cfx_fail(err, "%s: cannot read the shape of %s: %s", path, full, e.cause);
-    } else if (H5Tget_class(type) != H5T_FLOAT) {
-        rc = cfx_fail(err, "%s: %s is not a floating-point array", path, full);
+    } else if (H5Tget_class(type) != (is_int ? H5T_INTEGER : H5T_FLOAT)) {
+        rc = cfx_fail(err, "%s: %s is not %s array", path, full,
+                      is_int ? "an integer" : "a floating-point");
     } else {
         int same = rank == p->rank;
         for (int i = 0; same && i < rank; i++)
@@ -416,7 +425,9 @@ static int read_floats(hid_t loc, const char *rel, const char *label, const char
     }
     if (rc == 0 && out)
         rc = check_storage(d, p->count, full, path, err);
-    if (rc == 0 && out && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
+    if (rc == 0 && out &&
+        H5Dread(d, is_int ? H5T_NATIVE_INT64 : H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                out) < 0) {
         cfx_h5_fail(&e, "reading %s", full);
         if (e.flags & CFX_H5_CHECKSUM)
             rc = cfx_fail(err, "%s: damaged: checksum mismatch in %s", path, full);
@@ -431,9 +442,9 @@ static int read_floats(hid_t loc, const char *rel, const char *label, const char
     return rc;
 }
 
-/* Checks /model against the model's parameters (names and shapes, no data)
- * and, if params is not NULL, reads them. */
-static int read_model(hid_t f, const param_info *p, int np, float *params, const char *path,
+/* Checks /model against the model's tensors (names and shapes, no data)
+ * and, if state is not NULL, reads them into it (laid out as the model's). */
+static int read_model(hid_t f, const param_info *p, int np, char *state, const char *path,
                       cfx_error *err)
 {
     hid_t g = open_group(f, "model", "no /model group: not a cfx checkpoint", path, err);
@@ -441,10 +452,11 @@ static int read_model(hid_t f, const param_info *p, int np, float *params, const
         return -1;
     int rc = 0;
     for (int i = 0; i < np && rc == 0; i++) {
-        char label[64], full[64];
-        snprintf(label, sizeof label, "parameter %s", p[i].key);
+        char label[2 * CFX_NAME_LEN + 16], full[2 * CFX_NAME_LEN + 16];
+        snprintf(label, sizeof label, "%s %s",
+                 p[i].store == CFX_TENSOR_PARAM ? "parameter" : "buffer", p[i].key);
         snprintf(full, sizeof full, "/model/%s", p[i].key);
-        rc = read_floats(g, p[i].key, label, full, &p[i], params ? params + p[i].offset : NULL,
+        rc = read_tensor(g, p[i].key, label, full, &p[i], state ? state + p[i].state_offset : NULL,
                          path, err);
     }
     /* Anything else under /model belongs to another architecture. */
@@ -492,6 +504,8 @@ static int read_optim(hid_t f, const cfx_optim *o, const param_info *p, int np, 
                       path, name, adam ? "adam" : "sgd");
     *step = (long)step64;
     for (int i = 0; i < np && rc == 0; i++) {
+        if (p[i].store != CFX_TENSOR_PARAM)
+            continue;
         const char *names[2] = {"exp_avg", "exp_avg_sq"};
         float *bufs[2] = {m, v};
         int nbuf = adam ? 2 : 1;
@@ -499,11 +513,11 @@ static int read_optim(hid_t f, const cfx_optim *o, const param_info *p, int np, 
             names[0] = "momentum_buffer";
             /* No buffer (momentum was 0): m stays zero (calloc'd), which torch's
              * first step treats the same. */
-            char rel[64];
-            snprintf(rel, sizeof rel, "%.31s/momentum_buffer", p[i].key);
+            char rel[3 * CFX_NAME_LEN];
+            snprintf(rel, sizeof rel, "%s/momentum_buffer", p[i].key);
             int has = o->momentum == 0.0 ? 0 : path_exists(g, rel);
             if (has < 0) {
-                char full[80];
+                char full[4 * CFX_NAME_LEN];
                 snprintf(full, sizeof full, "/optimizer/%s", rel);
                 rc = read_error(path, full, err);
                 break;
@@ -512,10 +526,10 @@ static int read_optim(hid_t f, const cfx_optim *o, const param_info *p, int np, 
                 continue;
         }
         for (int b = 0; b < nbuf && rc == 0; b++) {
-            char rel[64], full[80];
-            snprintf(rel, sizeof rel, "%.31s/%s", p[i].key, names[b]);
+            char rel[3 * CFX_NAME_LEN], full[4 * CFX_NAME_LEN];
+            snprintf(rel, sizeof rel, "%s/%s", p[i].key, names[b]);
             snprintf(full, sizeof full, "/optimizer/%s", rel);
-            rc = read_floats(g, rel, full, full, &p[i], bufs[b] + p[i].offset, path, err);
+            rc = read_tensor(g, rel, full, full, &p[i], bufs[b] + p[i].param_offset, path, err);
         }
     }
     free(name);
@@ -564,11 +578,11 @@ int cfx_checkpoint_read(const char *path, cfx_model *model, cfx_optim *optim,
     hid_t f = open_checkpoint(path, err);
     if (f < 0)
         return -1;
-    param_info p[MAX_PARAMS];
-    int np = list_params(model, p);
+    int np;
+    param_info *p = list_params(model, &np);
     size_t n = model->n_params;
     /* Everything is read into copies first: a failed load changes nothing. */
-    float *params = cfx_malloc(n * sizeof(float));
+    char *params = cfx_malloc(model->state_bytes ? model->state_bytes : 1);
     float *m = optim ? cfx_calloc(n, sizeof(float)) : NULL;
     float *v = optim && optim->v ? cfx_calloc(n, sizeof(float)) : NULL;
     long step = 0;
@@ -578,7 +592,7 @@ int cfx_checkpoint_read(const char *path, cfx_model *model, cfx_optim *optim,
              (state && read_state(f, &st, path, err));
     H5Fclose(f);
     if (!rc) {
-        memcpy(model->params, params, n * sizeof(float));
+        memcpy(model->state, params, model->state_bytes);
         if (optim) {
             optim->step = step;
             memcpy(optim->m, m, n * sizeof(float));
@@ -588,6 +602,7 @@ int cfx_checkpoint_read(const char *path, cfx_model *model, cfx_optim *optim,
         if (state)
             *state = st;
     }
+    free(p);
     free(params);
     free(m);
     free(v);

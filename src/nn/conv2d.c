@@ -2,6 +2,8 @@
 #include <cblas.h>
 #include <string.h>
 
+#include <stddef.h>
+
 #include "cfx/nn.h" /* defines: cfx_conv2d_forward, cfx_im2col, cfx_col2im */
 
 /* Rows are short (8 to 32 floats): plain loops beat memset/memcpy calls, so
@@ -56,8 +58,10 @@ CFX_INLINE_COPIES static void im2col_same(float *col, const float *in, int N, in
 }
 
 /* im2col of images [n0, n0 + count) of a batch of N: col has count*OH*OW columns. */
-CFX_INLINE_COPIES CFX_SIMD_CLONES static void im2col_range(float *col, const float *in, int N, int n0, int count, int C, int H,
-                         int W, int K, int stride, int pad, int OH, int OW)
+CFX_INLINE_COPIES CFX_SIMD_CLONES static void im2col_range(float *col, const float *in, int N,
+                                                           int n0, int count, int C, int H, int W,
+                                                           int K, int stride, int pad, int OH,
+                                                           int OW)
 {
     const size_t ohw = (size_t)OH * OW, row_len = (size_t)count * ohw;
     if (stride == 1 && OH == H && OW == W) {
@@ -104,15 +108,16 @@ CFX_INLINE_COPIES CFX_SIMD_CLONES static void im2col_range(float *col, const flo
             }
 }
 
-void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, int stride,
-                int pad, int OH, int OW)
+void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, int stride, int pad,
+                int OH, int OW)
 {
     im2col_range(col, in, N, 0, N, C, H, W, K, stride, pad, OH, OW);
 }
 
 /* The adjoint of im2col_range: adds the columns into images [n0, n0 + count). */
-CFX_SIMD_CLONES static void col2im_range(float *in, const float *col, int N, int n0, int count, int C, int H,
-                         int W, int K, int stride, int pad, int OH, int OW)
+CFX_SIMD_CLONES static void col2im_range(float *in, const float *col, int N, int n0, int count,
+                                         int C, int H, int W, int K, int stride, int pad, int OH,
+                                         int OW)
 {
     const size_t ohw = (size_t)OH * OW, row_len = (size_t)count * ohw;
     for (int c = 0; c < C; c++)
@@ -145,8 +150,8 @@ CFX_SIMD_CLONES static void col2im_range(float *in, const float *col, int N, int
             }
 }
 
-void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, int stride,
-                int pad, int OH, int OW)
+void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, int stride, int pad,
+                int OH, int OW)
 {
     col2im_range(in, col, N, 0, N, C, H, W, K, stride, pad, OH, OW);
 }
@@ -161,12 +166,15 @@ int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW)
     return chunk < N ? chunk : N;
 }
 
-/* Adds bias[oc] to row oc of out (rows ld apart), then the ReLU if asked. */
+/* Adds bias[oc] (none if bias is NULL) to row oc of out (rows ld apart),
+ * then the ReLU if asked. */
 CFX_SIMD_CLONES static void add_bias(float *out, const float *bias, int OC, int cols, int ld,
                                      int relu)
 {
+    if (!bias && !relu)
+        return;
     for (int oc = 0; oc < OC; oc++) {
-        float b = bias[oc], *row = out + (size_t)oc * ld;
+        float b = bias ? bias[oc] : 0.0f, *row = out + (size_t)oc * ld;
         if (relu)
             for (int j = 0; j < cols; j++)
                 row[j] = row[j] + b > 0.0f ? row[j] + b : 0.0f;
@@ -177,8 +185,8 @@ CFX_SIMD_CLONES static void add_bias(float *out, const float *bias, int OC, int 
 }
 
 static void conv2d_forward(float *out, float *col, const float *in, const float *weight,
-                           const float *bias, int N, int C, int H, int W, int OC, int K,
-                           int stride, int pad, int relu)
+                           const float *bias, int N, int C, int H, int W, int OC, int K, int stride,
+                           int pad, int relu)
 {
     if (cfx_conv2d_direct_usable(N, H, W, K, stride, pad) &&
         cfx_conv2d_direct_forward(out, in, weight, bias, N, C, H, W, OC, K, relu) == 0)
@@ -218,10 +226,11 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
     const int ckk = C * K * K, ohw = OH * OW, ld = N * ohw;
     if (N == 0) {
         memset(dweight, 0, (size_t)OC * ckk * sizeof *dweight);
-        memset(dbias, 0, (size_t)OC * sizeof *dbias);
+        if (dbias)
+            memset(dbias, 0, (size_t)OC * sizeof *dbias);
         return;
     }
-    for (int oc = 0; oc < OC; oc++)
+    for (int oc = 0; oc < OC && dbias; oc++)
         dbias[oc] = (float)cfx_sum(dout + (size_t)oc * ld, (size_t)ld);
     if (cfx_conv2d_direct_usable(N, H, W, K, stride, pad) &&
         cfx_conv2d_direct_weight_grad(dweight, dout, in, N, C, H, W, OC, K) == 0 &&
@@ -232,8 +241,8 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
         int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
         const float *d = dout + (size_t)n0 * ohw;
         im2col_range(col, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, d, ld, col,
-                    cols, n0 == 0 ? 0.0f : 1.0f, dweight, ckk);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, d, ld, col, cols,
+                    n0 == 0 ? 0.0f : 1.0f, dweight, ckk);
         if (!din)
             continue;
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ckk, cols, OC, 1.0f, weight, ckk, d,
@@ -243,3 +252,85 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
         col2im_range(din, dcol, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
     }
 }
+
+/* ---- the layer: conv2d out=N kernel=K [stride=S] [padding=P] [bias=false] --- */
+
+static const cfx_layer_option conv2d_options[] = {
+    {"out", CFX_OPT_INT, offsetof(cfx_layer_spec, out), 0, 1, 65536,
+     CFX_OPT_REQUIRED | CFX_OPT_SHOWN, "N"},
+    {"kernel", CFX_OPT_INT, offsetof(cfx_layer_spec, kernel), 0, 1, 65536,
+     CFX_OPT_REQUIRED | CFX_OPT_SHOWN, "K"},
+    {"stride", CFX_OPT_INT, offsetof(cfx_layer_spec, stride), 1, 1, 65536, CFX_OPT_SHOWN, "S"},
+    {"padding", CFX_OPT_INT, offsetof(cfx_layer_spec, padding), 0, 0, 65536, CFX_OPT_SHOWN, "P"},
+    {"bias", CFX_OPT_BOOL, offsetof(cfx_layer_spec, bias), 1, 0, 1, 0, NULL},
+};
+
+/* in[C][N][H][W] -> out[OC][N][OH][OW]; weight [OC][C][K][K], bias [OC]. */
+static int conv2d_infer(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_error *err)
+{
+    const cfx_layer_spec *s = &L->spec;
+    if (cfx_layer_need_spatial(in, "conv2d", err) != 0)
+        return -1;
+    int oh = cfx_window_out(in->h, s->kernel, s->stride, s->padding);
+    int ow = cfx_window_out(in->w, s->kernel, s->stride, s->padding);
+    if (s->kernel > in->h + 2 * s->padding || s->kernel > in->w + 2 * s->padding || oh < 1 ||
+        ow < 1)
+        return cfx_fail(err, "kernel %d does not fit its %dx%d input", s->kernel, in->h, in->w);
+    int wdims[4] = {s->out, in->c, s->kernel, s->kernel};
+    cfx_layer_add_tensor(L, "weight", CFX_TENSOR_PARAM, CFX_INIT_FAN_IN, 4, wdims);
+    if (s->bias)
+        cfx_layer_add_tensor(L, "bias", CFX_TENSOR_PARAM, CFX_INIT_FAN_IN, 1, &s->out);
+    L->fan_in = in->c * s->kernel * s->kernel;
+    L->col_size = (size_t)in->c * s->kernel * s->kernel * oh * ow *
+                  cfx_conv2d_chunk(max_batch, in->c, s->kernel, oh, ow);
+    L->out_c = s->out, L->out_h = oh, L->out_w = ow;
+    return 0;
+}
+
+static void conv2d_layer_forward(cfx_model *m, cfx_layer *L, int n)
+{
+    const float *b = L->spec.bias ? m->params + L->bias_offset : NULL;
+    (L->fused ? cfx_conv2d_relu_forward : cfx_conv2d_forward)(
+        cfx_layer_output(m, L), m->col, cfx_layer_input(m, L, 0), m->params + L->weight_offset, b,
+        n, L->in_c, L->in_h, L->in_w, L->out_c, L->spec.kernel, L->spec.stride, L->spec.padding);
+}
+
+static void conv2d_layer_backward(cfx_model *m, cfx_layer *L, int n, float *const *din)
+{
+    float *db = L->spec.bias ? m->grads + L->bias_offset : NULL;
+    cfx_conv2d_backward(din[0], m->grads + L->weight_offset, db, m->col, m->dcol,
+                        cfx_layer_dout(m, L), cfx_layer_input(m, L, 0),
+                        m->params + L->weight_offset, n, L->in_c, L->in_h, L->in_w, L->out_c,
+                        L->spec.kernel, L->spec.stride, L->spec.padding);
+}
+
+static double conv2d_flops(const cfx_layer *L)
+{
+    return 2.0 * (double)L->n_weight * L->out_h * L->out_w;
+}
+
+static int conv2d_attrs(const cfx_layer *L, cfx_attr *a)
+{
+    a[0] = (cfx_attr){"in_channels", L->in_c, 1};
+    a[1] = (cfx_attr){"out_channels", L->out_c, 1};
+    a[2] = (cfx_attr){"kernel_size", L->spec.kernel, 1};
+    a[3] = (cfx_attr){"stride", L->spec.stride, 1};
+    a[4] = (cfx_attr){"padding", L->spec.padding, 1};
+    a[5] = (cfx_attr){"bias", L->spec.bias, 1};
+    return 6;
+}
+
+const cfx_layer_kind cfx_kind_conv2d = {
+    .name = "conv2d",
+    .torch_name = "Conv2d",
+    .help = "2-D convolution (weight, bias)",
+    .options = conv2d_options,
+    .n_options = sizeof conv2d_options / sizeof conv2d_options[0],
+    .n_inputs = 1,
+    .flags = CFX_KIND_FUSES_RELU,
+    .infer = conv2d_infer,
+    .forward = conv2d_layer_forward,
+    .backward = conv2d_layer_backward,
+    .flops = conv2d_flops,
+    .attrs = conv2d_attrs,
+};

@@ -63,9 +63,9 @@ static int tap_table_init(tap_table *t, int H, int W, int K)
 
 /* out[oc0 .. oc0+OCB)[vectors g0 .. g0+VB) of one block: bias, then the sum
  * over taps and input channels, then the optional ReLU. w is [OC][C][K2]. */
-CFX_AVX512_INLINE void forward_block(float *out, const float *in, const float *w,
-                                     const float *bias, size_t plane, int C, const tap_table *t,
-                                     size_t g0, int oc0, const int OCB, const int VB, int relu)
+CFX_AVX512_INLINE void forward_block(float *out, const float *in, const float *w, const float *bias,
+                                     size_t plane, int C, const tap_table *t, size_t g0, int oc0,
+                                     const int OCB, const int VB, int relu)
 {
     const int K2 = t->K2, vpp = t->vectors_per_plane;
     __m512 acc[FWD_CHANNELS][FWD_VECTORS];
@@ -97,17 +97,17 @@ CFX_AVX512_INLINE void forward_block(float *out, const float *in, const float *w
 }
 
 /* All output channels (blocks of 8, 4, 2, 1) of VB vectors from g. */
-#define FORWARD_COLUMN(g, vb)                                                               \
-    do {                                                                                    \
-        int oc0 = 0;                                                                        \
-        for (; oc0 + 8 <= OC; oc0 += 8)                                                     \
-            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 8, vb, relu);             \
-        for (; oc0 + 4 <= OC; oc0 += 4)                                                     \
-            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 4, vb, relu);             \
-        for (; oc0 + 2 <= OC; oc0 += 2)                                                     \
-            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 2, vb, relu);             \
-        for (; oc0 < OC; oc0++)                                                             \
-            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 1, vb, relu);             \
+#define FORWARD_COLUMN(g, vb)                                                                      \
+    do {                                                                                           \
+        int oc0 = 0;                                                                               \
+        for (; oc0 + 8 <= OC; oc0 += 8)                                                            \
+            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 8, vb, relu);                    \
+        for (; oc0 + 4 <= OC; oc0 += 4)                                                            \
+            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 4, vb, relu);                    \
+        for (; oc0 + 2 <= OC; oc0 += 2)                                                            \
+            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 2, vb, relu);                    \
+        for (; oc0 < OC; oc0++)                                                                    \
+            forward_block(out, in, w, bias, plane, C, &t, g, oc0, 1, vb, relu);                    \
     } while (0)
 
 /* The whole convolution, split over the threads by columns of vectors (each
@@ -140,9 +140,9 @@ CFX_AVX512 static int direct_conv(float *out, const float *in, const float *w, c
 /* Adds to the 16-lane partial sums part[i][j] (OCB output channels from oc0,
  * TB input channels from c0, one tap) the products dout[oc] * (in[c] shifted
  * by the tap) over vectors g0 .. g1. The TB loads share one mask. */
-CFX_AVX512_INLINE void weight_block(__m512 *part, const float *dout, const float *in,
-                                    size_t plane, const tap_table *t, int tap, size_t g0,
-                                    size_t g1, int oc0, int c0, const int OCB, const int TB)
+CFX_AVX512_INLINE void weight_block(__m512 *part, const float *dout, const float *in, size_t plane,
+                                    const tap_table *t, int tap, size_t g0, size_t g1, int oc0,
+                                    int c0, const int OCB, const int TB)
 {
     const int K2 = t->K2, vpp = t->vectors_per_plane;
     __m512 acc[WGT_CHANNELS][WGT_TAPS];
@@ -173,9 +173,9 @@ CFX_AVX512_INLINE void weight_block(__m512 *part, const float *dout, const float
 
 /* dweight for OCB output channels from oc0 and TB input channels from c0:
  * the vectors go by in chunks that stay in L1 while every tap uses them. */
-CFX_AVX512_INLINE void weight_pair(float *dweight, __m512 *part, const float *dout,
-                                   const float *in, size_t plane, int C, const tap_table *t,
-                                   size_t chunk, int oc0, int c0, const int OCB, const int TB)
+CFX_AVX512_INLINE void weight_pair(float *dweight, __m512 *part, const float *dout, const float *in,
+                                   size_t plane, int C, const tap_table *t, size_t chunk, int oc0,
+                                   int c0, const int OCB, const int TB)
 {
     const int K2 = t->K2, n = OCB * TB;
     const size_t G = plane / 16;
@@ -202,8 +202,8 @@ typedef struct {
     int oc0, ocb, c0, cb;
 } weight_task;
 
-CFX_AVX512 static int direct_weight_grad(float *dweight, const float *dout, const float *in,
-                                         int N, int C, int H, int W, int OC, int K)
+CFX_AVX512 static int direct_weight_grad(float *dweight, const float *dout, const float *in, int N,
+                                         int C, int H, int W, int OC, int K)
 {
     tap_table t;
     if (tap_table_init(&t, H, W, K) != 0)
@@ -239,14 +239,20 @@ CFX_AVX512 static int direct_weight_grad(float *dweight, const float *dout, cons
                 continue;
             const weight_task *q = &tasks[k];
             /* the register block sizes must be constants */
-#define WEIGHT_CASE(o, c)                                                                   \
-    case o * 8 + c:                                                                         \
-        weight_pair(dweight, part, dout, in, plane, C, &t, chunk, q->oc0, q->c0, o, c);     \
+#define WEIGHT_CASE(o, c)                                                                          \
+    case o * 8 + c:                                                                                \
+        weight_pair(dweight, part, dout, in, plane, C, &t, chunk, q->oc0, q->c0, o, c);            \
         break
             switch (q->ocb * 8 + q->cb) {
-                WEIGHT_CASE(4, 6); WEIGHT_CASE(4, 2); WEIGHT_CASE(4, 1);
-                WEIGHT_CASE(2, 6); WEIGHT_CASE(2, 2); WEIGHT_CASE(2, 1);
-                WEIGHT_CASE(1, 6); WEIGHT_CASE(1, 2); WEIGHT_CASE(1, 1);
+                WEIGHT_CASE(4, 6);
+                WEIGHT_CASE(4, 2);
+                WEIGHT_CASE(4, 1);
+                WEIGHT_CASE(2, 6);
+                WEIGHT_CASE(2, 2);
+                WEIGHT_CASE(2, 1);
+                WEIGHT_CASE(1, 6);
+                WEIGHT_CASE(1, 2);
+                WEIGHT_CASE(1, 1);
             }
 #undef WEIGHT_CASE
         }
@@ -302,14 +308,14 @@ int cfx_conv2d_direct_forward(float *out, const float *in, const float *weight, 
     return direct_conv(out, in, weight, bias, N, C, H, W, OC, K, relu);
 }
 
-int cfx_conv2d_direct_weight_grad(float *dweight, const float *dout, const float *in, int N,
-                                  int C, int H, int W, int OC, int K)
+int cfx_conv2d_direct_weight_grad(float *dweight, const float *dout, const float *in, int N, int C,
+                                  int H, int W, int OC, int K)
 {
     return direct_weight_grad(dweight, dout, in, N, C, H, W, OC, K);
 }
 
-int cfx_conv2d_direct_input_grad(float *din, const float *dout, const float *weight, int N,
-                                 int C, int H, int W, int OC, int K)
+int cfx_conv2d_direct_input_grad(float *din, const float *dout, const float *weight, int N, int C,
+                                 int H, int W, int OC, int K)
 {
     /* din is the same convolution of dout with the kernel transposed
      * (in <-> out channels) and rotated by 180 degrees. */
@@ -335,15 +341,15 @@ int cfx_conv2d_direct_forward(float *out, const float *in, const float *weight, 
     return -1;
 }
 
-int cfx_conv2d_direct_weight_grad(float *dweight, const float *dout, const float *in, int N,
-                                  int C, int H, int W, int OC, int K)
+int cfx_conv2d_direct_weight_grad(float *dweight, const float *dout, const float *in, int N, int C,
+                                  int H, int W, int OC, int K)
 {
     (void)dweight, (void)dout, (void)in, (void)N, (void)C, (void)H, (void)W, (void)OC, (void)K;
     return -1;
 }
 
-int cfx_conv2d_direct_input_grad(float *din, const float *dout, const float *weight, int N,
-                                 int C, int H, int W, int OC, int K)
+int cfx_conv2d_direct_input_grad(float *din, const float *dout, const float *weight, int N, int C,
+                                 int H, int W, int OC, int K)
 {
     (void)din, (void)dout, (void)weight, (void)N, (void)C, (void)H, (void)W, (void)OC, (void)K;
     return -1;

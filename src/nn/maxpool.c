@@ -1,5 +1,6 @@
 /* Max pooling (no padding, floor mode), the argmax recomputed in backward.
  * The 2x2 stride-2 case of every CNN of this kind has its own fast loops. */
+#include <stddef.h>
 #include <string.h>
 
 #include "cfx/nn.h" /* defines: cfx_maxpool_forward, cfx_maxpool_backward */
@@ -61,9 +62,8 @@ pool_corners(const pool_perm *pp, const float *in, __m512 x[4])
 }
 
 /* Returns how many outputs it did (a multiple of 16); the caller does the rest. */
-__attribute__((target("avx512f"))) static size_t pool2x2_forward_avx512(float *out,
-                                                                       const float *in,
-                                                                       size_t n_out, int W)
+__attribute__((target("avx512f"))) static size_t pool2x2_forward_avx512(float *out, const float *in,
+                                                                        size_t n_out, int W)
 {
     pool_perm pp;
     pool_perm_init(&pp, W);
@@ -122,15 +122,16 @@ static size_t pool2x2_forward_avx512(float *out, const float *in, size_t n_out, 
     (void)out, (void)in, (void)n_out, (void)W;
     return 0;
 }
-static size_t pool2x2_backward_avx512(float *din, const float *dout, const float *in,
-                                      size_t n_out, int W, int relu)
+static size_t pool2x2_backward_avx512(float *din, const float *dout, const float *in, size_t n_out,
+                                      int W, int relu)
 {
     (void)din, (void)dout, (void)in, (void)n_out, (void)W, (void)relu;
     return 0;
 }
 #endif
 
-CFX_SIMD_CLONES static void maxpool2x2_forward(float *out, const float *in, int planes, int H, int W)
+CFX_SIMD_CLONES static void maxpool2x2_forward(float *out, const float *in, int planes, int H,
+                                               int W)
 {
     int OH = H / 2, OW = W / 2;
     for (int p = 0; p < planes; p++) {
@@ -150,8 +151,8 @@ CFX_SIMD_CLONES static void maxpool2x2_forward(float *out, const float *in, int 
 
 /* Writes every element of din once: the gradient at the window's first
  * maximum (row-major order, as PyTorch), zero elsewhere. */
-static void maxpool2x2_backward(float *din, const float *dout, const float *in, int planes,
-                                int H, int W, int relu)
+static void maxpool2x2_backward(float *din, const float *dout, const float *in, int planes, int H,
+                                int W, int relu)
 {
     int OH = H / 2, OW = W / 2;
     for (int p = 0; p < planes; p++) {
@@ -190,7 +191,8 @@ void cfx_maxpool_forward(float *out, const float *in, int planes, int H, int W, 
             /* whole row pairs: the rest is whole row pairs too */
             size_t n_out = (size_t)planes * (H / 2) * (W / 2);
             size_t done = pool2x2_forward_avx512(out, in, n_out, W);
-            maxpool2x2_forward(out + done, in + 4 * done, 1, (int)(2 * (n_out - done) / (W / 2)), W);
+            maxpool2x2_forward(out + done, in + 4 * done, 1, (int)(2 * (n_out - done) / (W / 2)),
+                               W);
             return;
         }
         maxpool2x2_forward(out, in, planes, H, W);
@@ -251,14 +253,80 @@ static void maxpool_backward(float *din, const float *dout, const float *in, int
     }
 }
 
-void cfx_maxpool_backward(float *din, const float *dout, const float *in, int planes, int H,
-                          int W, int K, int stride)
+void cfx_maxpool_backward(float *din, const float *dout, const float *in, int planes, int H, int W,
+                          int K, int stride)
 {
     maxpool_backward(din, dout, in, planes, H, W, K, stride, 0);
 }
 
-void cfx_maxpool_relu_backward(float *din, const float *dout, const float *in, int planes,
-                               int H, int W, int K, int stride)
+void cfx_maxpool_relu_backward(float *din, const float *dout, const float *in, int planes, int H,
+                               int W, int K, int stride)
 {
     maxpool_backward(din, dout, in, planes, H, W, K, stride, 1);
 }
+
+/* ---- the layer: maxpool2d kernel=K [stride=S] (S defaults to K) ---------- */
+
+static const cfx_layer_option maxpool_options[] = {
+    {"kernel", CFX_OPT_INT, offsetof(cfx_layer_spec, kernel), 0, 1, 65536,
+     CFX_OPT_REQUIRED | CFX_OPT_SHOWN, "K"},
+    {"stride", CFX_OPT_INT, offsetof(cfx_layer_spec, stride), 0, 1, 65536, CFX_OPT_SHOWN, "S"},
+};
+
+static int maxpool_finish(cfx_layer_spec *s, cfx_error *err)
+{
+    (void)err;
+    if (s->stride == 0)
+        s->stride = s->kernel; /* PyTorch's default */
+    return 0;
+}
+
+static int maxpool_infer(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_error *err)
+{
+    (void)max_batch;
+    const cfx_layer_spec *s = &L->spec;
+    if (cfx_layer_need_spatial(in, "maxpool2d", err) != 0)
+        return -1;
+    if (s->kernel > in->h || s->kernel > in->w)
+        return cfx_fail(err, "kernel %d does not fit its %dx%d input", s->kernel, in->h, in->w);
+    L->out_c = in->c;
+    L->out_h = cfx_window_out(in->h, s->kernel, s->stride, 0);
+    L->out_w = cfx_window_out(in->w, s->kernel, s->stride, 0);
+    return 0;
+}
+
+static void maxpool_layer_forward(cfx_model *m, cfx_layer *L, int n)
+{
+    cfx_maxpool_forward(cfx_layer_output(m, L), cfx_layer_input(m, L, 0), L->in_c * n, L->in_h,
+                        L->in_w, L->spec.kernel, L->spec.stride);
+}
+
+static void maxpool_layer_backward(cfx_model *m, cfx_layer *L, int n, float *const *din)
+{
+    if (din[0])
+        (L->fused ? cfx_maxpool_relu_backward : cfx_maxpool_backward)(
+            din[0], cfx_layer_dout(m, L), cfx_layer_input(m, L, 0), L->in_c * n, L->in_h, L->in_w,
+            L->spec.kernel, L->spec.stride);
+}
+
+static int maxpool_attrs(const cfx_layer *L, cfx_attr *a)
+{
+    a[0] = (cfx_attr){"kernel_size", L->spec.kernel, 1};
+    a[1] = (cfx_attr){"stride", L->spec.stride, 1};
+    return 2;
+}
+
+const cfx_layer_kind cfx_kind_maxpool2d = {
+    .name = "maxpool2d",
+    .torch_name = "MaxPool2d",
+    .help = "max pooling, no padding (stride defaults to kernel)",
+    .options = maxpool_options,
+    .n_options = sizeof maxpool_options / sizeof maxpool_options[0],
+    .n_inputs = 1,
+    .flags = CFX_KIND_FOLDS_RELU_BACKWARD,
+    .finish = maxpool_finish,
+    .infer = maxpool_infer,
+    .forward = maxpool_layer_forward,
+    .backward = maxpool_layer_backward,
+    .attrs = maxpool_attrs,
+};

@@ -1,4 +1,10 @@
-/* The sequential model: shapes, parameter layout, init, forward, backward. */
+/* The model: layers from the table, their inputs, shapes, parameter layout,
+ * init, forward and backward. Layer i writes acts[i + 1] and reads the
+ * outputs of earlier layers (by default the previous one), so residual
+ * networks are lists too. In backward every layer overwrites its input
+ * gradients; where an output has several readers, the first reader in
+ * backward order writes its gradient and the others add theirs through a
+ * scratch buffer, so no gradient buffer is zeroed per step. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -6,21 +12,308 @@
 #include "cfx/nn.h"  /* defines: cfx_model, cfx_model_forward, cfx_model_backward */
 #include "cfx/rng.h" /* defines: cfx_rng */
 
-const char *cfx_layer_type_name(cfx_layer_type t)
+#define CFX_MAX_MODEL_LAYERS 2048 /* after blocks are expanded */
+
+int cfx_layer_add_tensor(cfx_layer *L, const char *suffix, cfx_tensor_store store,
+                         cfx_tensor_init init, int rank, const int *dims)
 {
-    switch (t) {
-    case CFX_LAYER_CONV2D: return "Conv2d";
-    case CFX_LAYER_RELU: return "ReLU";
-    case CFX_LAYER_MAXPOOL2D: return "MaxPool2d";
-    case CFX_LAYER_FLATTEN: return "Flatten";
-    case CFX_LAYER_LINEAR: return "Linear";
+    cfx_tensor *T = &L->tensors[L->n_tensors];
+    memset(T, 0, sizeof *T);
+    snprintf(T->suffix, sizeof T->suffix, "%s", suffix);
+    T->store = store, T->init = init, T->rank = rank;
+    T->count = 1;
+    for (int d = 0; d < rank; d++) {
+        T->dims[d] = dims[d];
+        T->count *= (size_t)dims[d];
     }
-    return "?";
+    return L->n_tensors++;
 }
 
-void cfx_param_name(char *buf, size_t len, int layer, int is_bias)
+int cfx_layer_need_spatial(const cfx_shape *in, const char *kind_name, cfx_error *err)
 {
-    snprintf(buf, len, "%d.%s", layer, is_bias ? "bias" : "weight");
+    if (in->flat)
+        return cfx_fail(err, "%s needs a spatial input but follows flatten/linear", kind_name);
+    return 0;
+}
+
+/* ---- building the layer list --------------------------------------------- */
+
+static cfx_shape output_shape(const cfx_model *m, int src)
+{
+    if (src < 0)
+        return (cfx_shape){m->in_c, m->in_h, m->in_w, 0};
+    const cfx_layer *L = &m->layers[src];
+    return (cfx_shape){L->out_c, L->out_h, L->out_w, L->flat_out};
+}
+
+static const char *source_key(const cfx_model *m, int src)
+{
+    return src < 0 ? "input" : m->layers[src].key;
+}
+
+/* "layer 12 (add 'layer2.0.add')" */
+static void describe(const cfx_model *m, const cfx_layer *L, char *buf, size_t len)
+{
+    if (L->spec.name[0])
+        snprintf(buf, len, "layer %d (%s '%s')", L->index, L->kind->name, L->spec.name);
+    else
+        snprintf(buf, len, "layer %d (%s)", L->index, L->kind->name);
+    if (L->n_inputs > 1) {
+        size_t used = strlen(buf);
+        snprintf(buf + used, len - used, " of '%s' and '%s'", source_key(m, L->input[0]),
+                 source_key(m, L->input[1]));
+    }
+}
+
+int cfx_model_find_layer(const cfx_model *m, const char *name)
+{
+    for (int i = m->n_layers - 1; i >= 0; i--)
+        if (strcmp(m->layers[i].key, name) == 0)
+            return i;
+    return -1;
+}
+
+/* Where a spec's inputs come from. entry is the spec's position in the
+ * config list, entry_out[] the output layer of each earlier entry; block and
+ * block_in are the enclosing block's name and input (NULL outside blocks). */
+typedef struct {
+    int entry;
+    const int *entry_out;
+    const char *block;
+    int block_in;
+} input_scope;
+
+static int resolve_input(const cfx_model *m, const char *ref, const input_scope *sc, int *src,
+                         cfx_error *err)
+{
+    if (ref[0] == '-') {
+        int back = sc->entry - atoi(ref + 1);
+        if (back < -1)
+            return cfx_fail(err, "in=%s reaches before the first layer", ref);
+        *src = back < 0 ? -1 : sc->entry_out[back];
+        return 0;
+    }
+    if (sc->block && strcmp(ref, CFX_BLOCK_INPUT) == 0) {
+        *src = sc->block_in;
+        return 0;
+    }
+    char full[2 * CFX_NAME_LEN];
+    snprintf(full, sizeof full, "%s%s%s", sc->block ? sc->block : "", sc->block ? "." : "", ref);
+    *src = cfx_model_find_layer(m, full);
+    if (*src < 0)
+        return cfx_fail(err, "in=%s names no earlier layer", ref);
+    return 0;
+}
+
+/* Appends one layer (not a block) built from spec s. */
+static int add_layer(cfx_model *m, const cfx_layer_spec *s, const input_scope *sc, cfx_error *err)
+{
+    if (m->n_layers == CFX_MAX_MODEL_LAYERS)
+        return cfx_fail(err, "model.layers: more than %d layers after expanding blocks",
+                        CFX_MAX_MODEL_LAYERS);
+    cfx_layer *L = &m->layers[m->n_layers];
+    memset(L, 0, sizeof *L);
+    L->spec = *s, L->kind = s->kind, L->index = m->n_layers;
+    if (sc->block) {
+        char full[3 * CFX_NAME_LEN];
+        snprintf(full, sizeof full, "%s%s%s", sc->block, s->name[0] ? "." : "", s->name);
+        if (strlen(full) >= CFX_NAME_LEN)
+            return cfx_fail(err, "model.layers: the layer name '%s' is longer than %d characters",
+                            full, CFX_NAME_LEN - 1);
+        memcpy(L->spec.name, full, strlen(full) + 1);
+    }
+    if (L->spec.name[0])
+        snprintf(L->key, sizeof L->key, "%s", L->spec.name);
+    else
+        snprintf(L->key, sizeof L->key, "%d", L->index);
+    L->n_inputs = L->kind->n_inputs;
+    cfx_shape in[CFX_MAX_INPUTS];
+    char what[160];
+    int rc = 0;
+    if (s->n_inputs == 0 && L->n_inputs > 1)
+        rc = cfx_fail(err, "needs in=A,B (the layers it reads)");
+    for (int k = 0; k < L->n_inputs && rc == 0; k++) {
+        if (s->n_inputs == 0)
+            L->input[k] = m->n_layers - 1;
+        else
+            rc = resolve_input(m, s->inputs[k], sc, &L->input[k], err);
+        in[k] = output_shape(m, L->input[k]);
+    }
+    L->spec.n_inputs = 0; /* resolved into input[] */
+    if (rc == 0) {
+        L->in_c = in[0].c, L->in_h = in[0].h, L->in_w = in[0].w;
+        rc = L->kind->infer(L, in, m->max_batch, err);
+    }
+    if (rc == 0 && cfx_model_find_layer(m, L->key) >= 0)
+        rc = cfx_fail(err, "the name '%s' is used twice", L->key);
+    if (rc != 0) {
+        char msg[CFX_ERROR_LEN];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        describe(m, L, what, sizeof what);
+        return cfx_fail(err, "model.layers: %s: %s", what, msg);
+    }
+    m->n_layers++;
+    return 0;
+}
+
+/* Appends config entry j (a layer, or a block's layers). */
+static int add_entry(cfx_model *m, const cfx_layer_spec *s, int j, int *entry_out, cfx_error *err)
+{
+    input_scope sc = {.entry = j, .entry_out = entry_out, .block = NULL, .block_in = -1};
+    if (!s->kind->expand) {
+        if (add_layer(m, s, &sc, err) != 0)
+            return -1;
+        entry_out[j] = m->n_layers - 1;
+        return 0;
+    }
+    cfx_layer_spec sub[CFX_MAX_EXPANSION];
+    int src = m->n_layers - 1;
+    if (s->n_inputs && resolve_input(m, s->inputs[0], &sc, &src, err) != 0)
+        return cfx_fail(err, "model.layers: %s: %s", s->kind->name, err->msg);
+    cfx_shape in = output_shape(m, src);
+    int n = s->kind->expand(s, &in, sub, err);
+    if (n < 0)
+        return cfx_fail(err, "model.layers: %s: %s", s->kind->name, err->msg);
+    char prefix[CFX_NAME_LEN];
+    if (s->name[0])
+        snprintf(prefix, sizeof prefix, "%s", s->name);
+    else
+        snprintf(prefix, sizeof prefix, "%d", m->n_layers);
+    sc.block = prefix, sc.block_in = src;
+    for (int i = 0; i < n; i++)
+        if (add_layer(m, &sub[i], &sc, err) != 0)
+            return -1;
+    entry_out[j] = m->n_layers - 1;
+    return 0;
+}
+
+/* ---- wiring: readers, in-place ReLUs, gradients that add ------------------ */
+
+static void count_readers(cfx_model *m)
+{
+    for (int i = 0; i < m->n_layers; i++)
+        for (int k = 0; k < m->layers[i].n_inputs; k++)
+            if (m->layers[i].input[k] >= 0)
+                m->layers[m->layers[i].input[k]].readers++;
+}
+
+/* A ReLU reading a conv2d that nothing else reads runs in place inside it;
+ * if the ReLU has one reader that can fold its backward (maxpool2d), it does. */
+static void mark_fusions(cfx_model *m)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        cfx_layer *L = &m->layers[i];
+        int src = L->input[0];
+        if (!(L->kind->flags & CFX_KIND_RELU) || src < 0 ||
+            !(m->layers[src].kind->flags & CFX_KIND_FUSES_RELU) || m->layers[src].readers != 1)
+            continue;
+        m->layers[src].fused = L->fused = 1;
+        for (int r = i + 1; r < m->n_layers; r++)
+            if (L->readers == 1 && m->layers[r].input[0] == i && m->layers[r].n_inputs == 1 &&
+                (m->layers[r].kind->flags & CFX_KIND_FOLDS_RELU_BACKWARD)) {
+                m->layers[r].fused = 1;
+                L->fused = 2; /* its backward is done by layer r */
+            }
+    }
+}
+
+/* Backward runs from the last layer down: the first reader of an output to
+ * run writes its gradient, later ones add. Returns the largest gradient, in
+ * floats per image, that is added. */
+static size_t mark_adding_gradients(cfx_model *m, size_t *per_image)
+{
+    char *written = cfx_calloc((size_t)m->n_layers + 1, 1);
+    size_t largest = 0;
+    for (int i = m->n_layers - 1; i >= 0; i--) {
+        cfx_layer *L = &m->layers[i];
+        for (int k = 0; k < L->n_inputs; k++) {
+            int slot = L->input[k] + 1;
+            L->din_add[k] = written[slot];
+            written[slot] = 1;
+            if (L->din_add[k] && per_image[slot] > largest)
+                largest = per_image[slot];
+        }
+    }
+    free(written);
+    return largest;
+}
+
+/* ---- allocation ------------------------------------------------------------ */
+
+static void place_tensors(cfx_model *m)
+{
+    size_t sizes[3] = {0, 0, 0};
+    for (int i = 0; i < m->n_layers; i++) {
+        cfx_layer *L = &m->layers[i];
+        for (int t = 0; t < L->n_tensors; t++) {
+            cfx_tensor *T = &L->tensors[t];
+            T->offset = sizes[T->store];
+            sizes[T->store] += T->count;
+            if (T->store == CFX_TENSOR_PARAM && !strcmp(T->suffix, "weight"))
+                L->weight_offset = T->offset, L->n_weight = T->count;
+            if (T->store == CFX_TENSOR_PARAM && !strcmp(T->suffix, "bias"))
+                L->bias_offset = T->offset, L->n_bias = T->count;
+        }
+    }
+    m->n_params = sizes[CFX_TENSOR_PARAM];
+    m->n_buffers = sizes[CFX_TENSOR_BUFFER];
+    m->n_counts = sizes[CFX_TENSOR_COUNT];
+    size_t floats = m->n_params + m->n_buffers;
+    size_t head = (floats * sizeof(float) + 7) / 8 * 8; /* int64 aligned */
+    m->state_bytes = head + m->n_counts * sizeof(int64_t);
+    m->state = cfx_calloc(m->state_bytes ? m->state_bytes : 1, 1);
+    m->params = m->state;
+    m->buffers = m->params + m->n_params;
+    m->counts = (int64_t *)((char *)m->state + head);
+    m->grads = cfx_calloc(m->n_params + CFX_GRAD_TAIL, sizeof(float));
+}
+
+static void allocate_activations(cfx_model *m, const size_t *per_image, size_t add_max)
+{
+    const size_t B = (size_t)m->max_batch;
+    size_t col_max = 1;
+    m->acts = cfx_calloc((size_t)m->n_layers + 1, sizeof *m->acts);
+    m->dacts = cfx_calloc((size_t)m->n_layers + 1, sizeof *m->dacts);
+    m->acts[0] = cfx_zalloc_aligned(per_image[0] * B, sizeof(float));
+    if (m->flags & CFX_MODEL_INPUT_GRAD)
+        m->dacts[0] = cfx_zalloc_aligned(per_image[0] * B, sizeof(float));
+    for (int i = 0; i < m->n_layers; i++) {
+        cfx_layer *L = &m->layers[i];
+        if (L->col_size > col_max)
+            col_max = L->col_size;
+        if (L->scratch_bytes)
+            L->scratch = cfx_calloc(L->scratch_bytes, 1);
+        if ((L->kind->flags & CFX_KIND_RELU) && L->fused) { /* in place */
+            m->acts[i + 1] = m->acts[L->input[0] + 1];
+            m->dacts[i + 1] = m->dacts[L->input[0] + 1];
+            continue;
+        }
+        m->acts[i + 1] = cfx_zalloc_aligned(per_image[i + 1] * B, sizeof(float));
+        m->dacts[i + 1] = cfx_zalloc_aligned(per_image[i + 1] * B, sizeof(float));
+    }
+    m->col = cfx_malloc(col_max * sizeof(float));
+    m->dcol = cfx_malloc(col_max * sizeof(float));
+    for (int k = 0; k < CFX_MAX_INPUTS && add_max; k++)
+        m->dscratch[k] = cfx_zalloc_aligned(add_max * B, sizeof(float));
+}
+
+/* Checks that every output but the last is read and the last is flat. */
+static int check_graph(const cfx_model *m, cfx_error *err)
+{
+    for (int i = 0; i + 1 < m->n_layers; i++)
+        if (m->layers[i].readers == 0) {
+            char what[160];
+            describe(m, &m->layers[i], what, sizeof what);
+            return cfx_fail(err,
+                            "model.layers: %s: its output is never used (the last layer "
+                            "must be the only one nothing reads)",
+                            what);
+        }
+    const cfx_layer *last = &m->layers[m->n_layers - 1];
+    if (!last->flat_out)
+        return cfx_fail(err, "model.layers: the last layer must produce a flat output "
+                             "(end with flatten and linear)");
+    return 0;
 }
 
 int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int in_c, int in_h,
@@ -31,163 +324,105 @@ int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int
         return cfx_fail(err, "model.layers: %d layers (1..%d allowed)", n_specs, CFX_MAX_LAYERS);
     if (max_batch < 1)
         return cfx_fail(err, "model: batch size %d must be at least 1", max_batch);
-    m->n_layers = n_specs;
     m->in_c = in_c, m->in_h = in_h, m->in_w = in_w;
     m->max_batch = max_batch;
     m->flags = flags;
-    const int input_grad = flags & CFX_MODEL_INPUT_GRAD;
-    int c = in_c, h = in_h, w = in_w, flat = 0;
-    size_t offset = 0, col_max = 0;
-    for (int i = 0; i < n_specs; i++) {
-        cfx_layer *L = &m->layers[i];
-        const cfx_layer_spec *s = &specs[i];
-        L->spec = *s;
-        L->in_c = c, L->in_h = h, L->in_w = w;
-        const char *tn = cfx_layer_type_name(s->type);
-        switch (s->type) {
-        case CFX_LAYER_CONV2D:
-        case CFX_LAYER_MAXPOOL2D: {
-            if (flat)
-                return cfx_fail(err, "model.layers: layer %d (%s) needs a spatial input but "
-                                     "follows flatten/linear", i, tn);
-            int pad = s->type == CFX_LAYER_CONV2D ? s->padding : 0;
-            int oh = cfx_window_out(h, s->kernel, s->stride, pad);
-            int ow = cfx_window_out(w, s->kernel, s->stride, pad);
-            if (s->kernel > h + 2 * pad || s->kernel > w + 2 * pad || oh < 1 || ow < 1)
-                return cfx_fail(err, "model.layers: layer %d (%s) kernel %d does not fit its "
-                                     "%dx%d input", i, tn, s->kernel, h, w);
-            if (s->type == CFX_LAYER_CONV2D) {
-                L->n_weight = (size_t)s->out_channels * c * s->kernel * s->kernel;
-                L->n_bias = (size_t)s->out_channels;
-                L->col_size = (size_t)c * s->kernel * s->kernel * oh * ow *
-                              cfx_conv2d_chunk(max_batch, c, s->kernel, oh, ow);
-                if (L->col_size > col_max)
-                    col_max = L->col_size;
-                c = s->out_channels;
-            }
-            h = oh, w = ow;
-            break;
-        }
-        case CFX_LAYER_RELU: break;
-        case CFX_LAYER_FLATTEN:
-            if (flat)
-                return cfx_fail(err, "model.layers: layer %d (Flatten) follows a flat output", i);
-            c = c * h * w, h = w = 1, flat = 1;
-            break;
-        case CFX_LAYER_LINEAR:
-            if (!flat)
-                return cfx_fail(err, "model.layers: layer %d (Linear) needs a flatten before it",
-                                i);
-            L->n_weight = (size_t)s->out_features * c;
-            L->n_bias = (size_t)s->out_features;
-            c = s->out_features;
-            break;
-        }
-        L->weight_offset = offset;
-        offset += L->n_weight;
-        L->bias_offset = offset;
-        offset += L->n_bias;
-        L->out_c = c, L->out_h = h, L->out_w = w;
-        L->flat_out = flat;
+    m->training = 1;
+    m->layers = cfx_calloc(CFX_MAX_MODEL_LAYERS, sizeof *m->layers);
+    m->specs = cfx_malloc((size_t)n_specs * sizeof *specs);
+    memcpy(m->specs, specs, (size_t)n_specs * sizeof *specs);
+    m->n_specs = n_specs;
+    int entry_out[CFX_MAX_LAYERS], rc = 0;
+    for (int j = 0; j < n_specs && rc == 0; j++)
+        rc = add_entry(m, &specs[j], j, entry_out, err);
+    if (rc == 0) {
+        count_readers(m);
+        rc = check_graph(m, err);
     }
-    if (!flat)
-        return cfx_fail(err, "model.layers: the last layer must produce a flat output "
-                             "(end with flatten and linear)");
-    m->n_classes = c;
-    m->n_params = offset;
-    m->params = cfx_calloc(offset, sizeof(float));
-    m->grads = cfx_calloc(offset + CFX_GRAD_TAIL, sizeof(float));
-    /* A ReLU right after a conv2d runs inside it, in place; a maxpool2d right
-     * after such a ReLU also does the ReLU's backward. */
+    if (rc != 0) {
+        free(m->specs);
+        free(m->layers);
+        memset(m, 0, sizeof *m);
+        return -1;
+    }
+    m->n_classes = m->layers[m->n_layers - 1].out_c;
     if (!(flags & CFX_MODEL_KEEP_ACTIVATIONS))
-        for (int i = 1; i < n_specs; i++)
-            if (specs[i].type == CFX_LAYER_RELU && specs[i - 1].type == CFX_LAYER_CONV2D) {
-                m->layers[i - 1].fused = m->layers[i].fused = 1;
-                if (i + 1 < n_specs && specs[i + 1].type == CFX_LAYER_MAXPOOL2D)
-                    m->layers[i + 1].fused = 1;
-            }
-    for (int i = 0; i <= n_specs; i++) {
-        if (i > 0 && m->layers[i - 1].spec.type == CFX_LAYER_RELU && m->layers[i - 1].fused) {
-            m->acts[i] = m->acts[i - 1]; /* in place: shares the conv's buffers */
-            m->dacts[i] = m->dacts[i - 1];
-            continue;
-        }
-        size_t per_image = i == 0 ? (size_t)in_c * in_h * in_w
-                                  : (size_t)m->layers[i - 1].out_c * m->layers[i - 1].out_h *
-                                        m->layers[i - 1].out_w;
-        m->acts[i] = cfx_zalloc_aligned(per_image * max_batch, sizeof(float));
-        if (i > 0 || input_grad)
-            m->dacts[i] = cfx_zalloc_aligned(per_image * max_batch, sizeof(float));
-    }
-    m->col = cfx_malloc((col_max ? col_max : 1) * sizeof(float));
-    m->dcol = cfx_malloc((col_max ? col_max : 1) * sizeof(float));
+        mark_fusions(m);
+    size_t *per_image = cfx_malloc(((size_t)m->n_layers + 1) * sizeof *per_image);
+    per_image[0] = (size_t)in_c * in_h * in_w;
+    for (int i = 0; i < m->n_layers; i++)
+        per_image[i + 1] = (size_t)m->layers[i].out_c * m->layers[i].out_h * m->layers[i].out_w;
+    size_t add_max = mark_adding_gradients(m, per_image);
+    place_tensors(m);
+    allocate_activations(m, per_image, add_max);
+    free(per_image);
     return 0;
 }
 
 void cfx_model_free(cfx_model *m)
 {
-    for (int i = 0; i <= m->n_layers; i++) {
-        if (i > 0 && m->layers[i - 1].spec.type == CFX_LAYER_RELU && m->layers[i - 1].fused)
-            continue; /* shares the buffers of acts[i - 1] */
+    for (int i = 0; i <= m->n_layers && m->acts; i++) {
+        const cfx_layer *L = i > 0 ? &m->layers[i - 1] : NULL;
+        if (L && (L->kind->flags & CFX_KIND_RELU) && L->fused)
+            continue; /* shares the buffers of its input */
         free(m->acts[i]);
         free(m->dacts[i]);
     }
-    free(m->params);
+    for (int i = 0; i < m->n_layers; i++)
+        free(m->layers[i].scratch);
+    for (int k = 0; k < CFX_MAX_INPUTS; k++)
+        free(m->dscratch[k]);
+    free(m->acts);
+    free(m->dacts);
+    free(m->layers);
+    free(m->specs);
+    free(m->state);
     free(m->grads);
     free(m->col);
     free(m->dcol);
     memset(m, 0, sizeof *m);
 }
 
+/* ---- init, forward, backward ---------------------------------------------- */
+
 void cfx_model_init_params(cfx_model *m, uint64_t seed)
 {
     cfx_rng rng;
     cfx_rng_seed(&rng, cfx_hash3(seed, 0x494E4954ULL /* "INIT" */, 0));
+    memset(m->counts, 0, m->n_counts * sizeof *m->counts);
     for (int i = 0; i < m->n_layers; i++) {
         cfx_layer *L = &m->layers[i];
-        if (!L->n_weight)
-            continue;
-        size_t fan_in = L->n_weight / L->n_bias;
-        float bound = 1.0f / sqrtf((float)fan_in);
-        float *p = m->params + L->weight_offset;
-        for (size_t j = 0; j < L->n_weight + L->n_bias; j++) /* bias follows weight */
-            p[j] = (2.0f * cfx_rng_float(&rng) - 1.0f) * bound;
+        for (int t = 0; t < L->n_tensors; t++) {
+            const cfx_tensor *T = &L->tensors[t];
+            if (T->store == CFX_TENSOR_COUNT)
+                continue;
+            float *p = cfx_layer_tensor(m, L, t);
+            float bound = T->init == CFX_INIT_FAN_IN ? 1.0f / sqrtf((float)L->fan_in) : 0.0f;
+            for (size_t j = 0; j < T->count; j++)
+                p[j] = T->init == CFX_INIT_FAN_IN ? (2.0f * cfx_rng_float(&rng) - 1.0f) * bound
+                       : T->init == CFX_INIT_ONE  ? 1.0f
+                                                  : 0.0f;
+        }
     }
 }
+
+void cfx_model_set_training(cfx_model *m, int training) { m->training = training != 0; }
 
 const float *cfx_model_forward(cfx_model *m, int n)
 {
     for (int i = 0; i < m->n_layers; i++) {
         cfx_layer *L = &m->layers[i];
         double t0 = cfx_now();
-        const float *in = m->acts[i];
-        float *out = m->acts[i + 1];
-        const float *wt = m->params + L->weight_offset, *b = m->params + L->bias_offset;
-        size_t out_size = (size_t)n * L->out_c * L->out_h * L->out_w;
-        switch (L->spec.type) {
-        case CFX_LAYER_CONV2D:
-            (L->fused ? cfx_conv2d_relu_forward : cfx_conv2d_forward)(
-                out, m->col, in, wt, b, n, L->in_c, L->in_h, L->in_w, L->out_c, L->spec.kernel,
-                L->spec.stride, L->spec.padding);
-            break;
-        case CFX_LAYER_RELU:
-            if (!L->fused) /* else the conv2d before it applied it */
-                cfx_relu_forward(out, in, out_size);
-            break;
-        case CFX_LAYER_MAXPOOL2D:
-            cfx_maxpool_forward(out, in, L->in_c * n, L->in_h, L->in_w, L->spec.kernel,
-                                L->spec.stride);
-            break;
-        case CFX_LAYER_FLATTEN:
-            cfx_flatten_forward(out, in, n, L->in_c, L->in_h * L->in_w);
-            break;
-        case CFX_LAYER_LINEAR:
-            cfx_linear_forward(out, in, wt, b, n, L->in_c, L->out_c);
-            break;
-        }
+        L->kind->forward(m, L, n);
         L->forward_seconds += cfx_now() - t0;
     }
     return m->acts[m->n_layers];
+}
+
+static void add_into(float *restrict dst, const float *restrict src, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] += src[i];
 }
 
 void cfx_model_backward(cfx_model *m, int n)
@@ -195,53 +430,34 @@ void cfx_model_backward(cfx_model *m, int n)
     for (int i = m->n_layers - 1; i >= 0; i--) {
         cfx_layer *L = &m->layers[i];
         double t0 = cfx_now();
-        const float *dout = m->dacts[i + 1];
-        float *din = m->dacts[i]; /* NULL for the input unless input_grad */
-        float *dw = m->grads + L->weight_offset, *db = m->grads + L->bias_offset;
-        const float *wt = m->params + L->weight_offset;
-        size_t out_size = (size_t)n * L->out_c * L->out_h * L->out_w;
-        switch (L->spec.type) {
-        case CFX_LAYER_CONV2D:
-            cfx_conv2d_backward(din, dw, db, m->col, m->dcol, dout, m->acts[i], wt, n, L->in_c,
-                                L->in_h, L->in_w, L->out_c, L->spec.kernel, L->spec.stride,
-                                L->spec.padding);
-            break;
-        case CFX_LAYER_RELU:
-            if (!din)
-                break;
-            if (!L->fused)
-                cfx_relu_backward(din, dout, m->acts[i + 1], out_size);
-            else if (!(i + 1 < m->n_layers && m->layers[i + 1].fused &&
-                       m->layers[i + 1].spec.type == CFX_LAYER_MAXPOOL2D))
-                cfx_relu_backward(din, dout, m->acts[i + 1], out_size); /* in place */
-            /* else the maxpool2d after it applied the ReLU mask */
-            break;
-        case CFX_LAYER_MAXPOOL2D:
-            if (din)
-                (L->fused ? cfx_maxpool_relu_backward : cfx_maxpool_backward)(
-                    din, dout, m->acts[i], L->in_c * n, L->in_h, L->in_w, L->spec.kernel,
-                    L->spec.stride);
-            break;
-        case CFX_LAYER_FLATTEN:
-            if (din)
-                cfx_flatten_backward(din, dout, n, L->in_c, L->in_h * L->in_w);
-            break;
-        case CFX_LAYER_LINEAR:
-            cfx_linear_backward(din, dw, db, dout, m->acts[i], wt, n, L->in_c, L->out_c);
-            break;
+        float *din[CFX_MAX_INPUTS] = {NULL, NULL};
+        for (int k = 0; k < L->n_inputs; k++) {
+            din[k] = m->dacts[L->input[k] + 1]; /* NULL for the input unless input_grad */
+            if (din[k] && L->din_add[k])
+                din[k] = m->dscratch[k];
         }
+        L->kind->backward(m, L, n, din);
+        for (int k = 0; k < L->n_inputs; k++)
+            if (din[k] && L->din_add[k]) {
+                cfx_shape s = output_shape(m, L->input[k]);
+                add_into(m->dacts[L->input[k] + 1], din[k], (size_t)n * s.c * s.h * s.w);
+            }
         L->backward_seconds += cfx_now() - t0;
     }
 }
 
 void cfx_model_print(const cfx_model *m, FILE *out)
 {
-    fprintf(out, "model: input %dx%dx%d, %zu parameters\n", m->in_c, m->in_h, m->in_w,
-            m->n_params);
+    fprintf(out, "model: input %dx%dx%d, %zu parameters\n", m->in_c, m->in_h, m->in_w, m->n_params);
     for (int i = 0; i < m->n_layers; i++) {
         const cfx_layer *L = &m->layers[i];
-        char spec[128];
+        char spec[256], from[2 * CFX_NAME_LEN + 8] = "";
         cfx_layer_spec_format(&L->spec, spec, sizeof spec);
+        if (L->n_inputs > 1 || L->input[0] != i - 1)
+            snprintf(from, sizeof from, " in=%s%s%s", source_key(m, L->input[0]),
+                     L->n_inputs > 1 ? "," : "", L->n_inputs > 1 ? source_key(m, L->input[1]) : "");
+        size_t used = strlen(spec);
+        snprintf(spec + used, sizeof spec - used, "%s", from);
         if (L->flat_out)
             fprintf(out, "  %2d %-44s -> %d\n", i, spec, L->out_c);
         else
@@ -252,12 +468,8 @@ void cfx_model_print(const cfx_model *m, FILE *out)
 double cfx_model_forward_flops(const cfx_model *m)
 {
     double flops = 0.0;
-    for (int i = 0; i < m->n_layers; i++) {
-        const cfx_layer *L = &m->layers[i];
-        if (L->spec.type == CFX_LAYER_CONV2D)
-            flops += 2.0 * (double)L->n_weight * L->out_h * L->out_w;
-        else if (L->spec.type == CFX_LAYER_LINEAR)
-            flops += 2.0 * (double)L->n_weight;
-    }
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i].kind->flops)
+            flops += m->layers[i].kind->flops(&m->layers[i]);
     return flops;
 }

@@ -1,4 +1,4 @@
-/* Loss and accuracy of a model on a list of images, without augmentation. */
+/* Loss and accuracy of a model on a list of images, in eval mode, without augmentation. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +12,8 @@ void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n
     int *labels = cfx_malloc((size_t)m->max_batch * sizeof *labels);
     double loss = 0.0;
     long correct = 0;
+    const int was_training = m->training;
+    cfx_model_set_training(m, 0); /* running statistics, nothing updated */
     for (int start = 0; start < n; start += m->max_batch) {
         int count = n - start < m->max_batch ? n - start : m->max_batch;
         cfx_batch_fill(m->acts[0], labels, ds, indices + start, count, NULL);
@@ -35,6 +37,7 @@ void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n
             }
         }
     }
+    cfx_model_set_training(m, was_training);
     free(labels);
     result->n = n;
     result->loss = n ? loss / n : 0.0;

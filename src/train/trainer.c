@@ -84,33 +84,38 @@ typedef struct {
     char ckpt_dir[CFX_PATH_LEN + 16];
     char best[CFX_PATH_LEN + 32], last[CFX_PATH_LEN + 32];
     char metrics_h5[CFX_PATH_LEN + 32], metrics_csv[CFX_PATH_LEN + 32];
-    char host[256], start_time[64], layers[2048];
+    char host[256], start_time[64];
+    char *layers; /* the layer list, one per line (malloc'd) */
     cfx_run_meta meta;
 } run_files;
 
 /* <output.dir>/config.ini: the effective config of the run, written whole
- * (temporary file and rename) at every start, so the run directory says how
- * it was made. */
+ * at every start, so the run directory says how it was made. */
 static int write_config_copy(const char *dir, const char *text, cfx_error *err)
 {
-    char path[CFX_PATH_LEN + 32], tmp[CFX_PATH_LEN + 48];
+    char path[CFX_PATH_LEN + 32];
     snprintf(path, sizeof path, "%s/config.ini", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return cfx_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
-    fputs("# The effective configuration of this run (written by cfx-train).\n", f);
-    fputs(text, f);
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) {
-        unlink(tmp);
-        return cfx_fail(err, "%s: write failed: %s", tmp, strerror(errno));
+    const char *head = "# The effective configuration of this run (written by cfx-train).\n";
+    size_t n = strlen(head) + strlen(text);
+    char *all = cfx_malloc(n + 1);
+    snprintf(all, n + 1, "%s%s", head, text);
+    int rc = cfx_write_file_atomic(path, all, n, err);
+    free(all);
+    return rc;
+}
+
+/* The layer list as config text, one entry per line (malloc'd). */
+static char *layers_text(const cfx_config *cfg)
+{
+    size_t cap = 256 * ((size_t)cfg->n_layers + 1), len = 0;
+    char *text = cfx_malloc(cap);
+    text[0] = '\0';
+    for (int i = 0; i < cfg->n_layers; i++) {
+        char one[256];
+        cfx_layer_spec_format(&cfg->layers[i], one, sizeof one);
+        len += (size_t)snprintf(text + len, cap - len, "%s%s", i ? "\n" : "", one);
     }
-    if (rename(tmp, path) != 0) {
-        unlink(tmp);
-        return cfx_fail(err, "%s: cannot rename into place: %s", path, strerror(errno));
-    }
-    return 0;
+    return text;
 }
 
 static int run_files_init(run_files *f, const cfx_config *cfg, const cfx_dist *d,
@@ -135,16 +140,7 @@ static int run_files_init(run_files *f, const cfx_config *cfg, const cfx_dist *d
     struct tm tm;
     gmtime_r(&now, &tm);
     strftime(f->start_time, sizeof f->start_time, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    size_t len = 0;
-    f->layers[0] = '\0';
-    for (int i = 0; i < cfg->n_layers; i++) {
-        char one[128];
-        cfx_layer_spec_format(&cfg->layers[i], one, sizeof one);
-        len += (size_t)snprintf(f->layers + len, sizeof f->layers - len, "%s%s", i ? "\n" : "",
-                                one);
-        if (len >= sizeof f->layers)
-            break;
-    }
+    f->layers = layers_text(cfg);
     f->meta = (cfx_run_meta){.config_text = config_text,
                              .layers_text = f->layers,
                              .cfx_version = CFX_VERSION,
@@ -158,41 +154,31 @@ static int run_files_init(run_files *f, const cfx_config *cfg, const cfx_dist *d
     return 0;
 }
 
-/* logs/metrics.csv mirrors logs/metrics.h5; rewritten whole (via a temporary
- * file and rename) so a resumed run never duplicates rows. */
+/* logs/metrics.csv mirrors logs/metrics.h5; rewritten whole so a resumed
+ * run never duplicates rows. */
 static int write_metrics_csv(const run_files *f, cfx_error *err)
 {
     cfx_epoch_metrics *rows = NULL;
     int n = 0;
     if (cfx_metrics_read(f->metrics_h5, &rows, &n, err) != 0)
         return -1;
-    char tmp[CFX_PATH_LEN + 48];
-    snprintf(tmp, sizeof tmp, "%s.tmp", f->metrics_csv);
-    FILE *csv = fopen(tmp, "w");
-    if (!csv) {
-        free(rows);
-        return cfx_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
-    }
-    fprintf(csv, "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy,"
-                 "learning_rate,images_per_second,epoch_seconds,allreduce_seconds\n");
+    size_t cap = 256 * ((size_t)n + 1), len = 0;
+    char *csv = cfx_malloc(cap);
+    len += (size_t)snprintf(csv, cap,
+                            "epoch,train_loss,train_accuracy,validation_loss,"
+                            "validation_accuracy,learning_rate,images_per_second,"
+                            "epoch_seconds,allreduce_seconds\n");
     for (int i = 0; i < n; i++) {
         const cfx_epoch_metrics *r = &rows[i];
-        fprintf(csv, "%d,%.8f,%.6f,%.8f,%.6f,%g,%.1f,%.3f,%.3f\n", r->epoch, r->train_loss,
-                r->train_accuracy, r->validation_loss, r->validation_accuracy, r->learning_rate,
-                r->images_per_second, r->epoch_seconds, r->allreduce_seconds);
+        len += (size_t)snprintf(csv + len, cap - len, "%d,%.8f,%.6f,%.8f,%.6f,%g,%.1f,%.3f,%.3f\n",
+                                r->epoch, r->train_loss, r->train_accuracy, r->validation_loss,
+                                r->validation_accuracy, r->learning_rate, r->images_per_second,
+                                r->epoch_seconds, r->allreduce_seconds);
     }
     free(rows);
-    int bad = ferror(csv);
-    if (fclose(csv) != 0 || bad) {
-        unlink(tmp);
-        return cfx_fail(err, "%s: write failed: %s", tmp, strerror(errno));
-    }
-    if (rename(tmp, f->metrics_csv) != 0) {
-        unlink(tmp);
-        return cfx_fail(err, "%s: cannot rename into place: %s", f->metrics_csv,
-                        strerror(errno));
-    }
-    return 0;
+    int rc = cfx_write_file_atomic(f->metrics_csv, csv, len, err);
+    free(csv);
+    return rc;
 }
 
 /* The progress bar of rank 0 on a terminal: one line of the current epoch,
@@ -250,8 +236,8 @@ static cfx_eval_result evaluate_shared(cfx_model *m, const cfx_dataset *ds, cons
     cfx_evaluate(m, ds, indices + start, count, &part, NULL, NULL);
     double sums[2] = {part.loss * part.n, (double)llround(part.accuracy * part.n)};
     cfx_dist_allreduce_sum_double(sums, 2);
-    return (cfx_eval_result){.n = n, .loss = n ? sums[0] / n : 0.0,
-                             .accuracy = n ? sums[1] / n : 0.0};
+    return (cfx_eval_result){
+        .n = n, .loss = n ? sums[0] / n : 0.0, .accuracy = n ? sums[1] / n : 0.0};
 }
 
 /* Reads a "Key:   N kB" line of a /proc file, in MB (0 if absent). */
@@ -277,10 +263,9 @@ static double proc_mb(const char *path, const char *key)
  * through the page cache (PSS counts each shared page once per node). */
 static void report_memory(const cfx_dist *d, int verbose)
 {
-    double mine[4] = {proc_mb("/proc/self/status", "VmHWM"),
-                      proc_mb("/proc/self/status", "RssAnon"),
-                      proc_mb("/proc/self/status", "RssFile"),
-                      proc_mb("/proc/self/smaps_rollup", "Pss")};
+    double mine[4] = {
+        proc_mb("/proc/self/status", "VmHWM"), proc_mb("/proc/self/status", "RssAnon"),
+        proc_mb("/proc/self/status", "RssFile"), proc_mb("/proc/self/smaps_rollup", "Pss")};
     double *all = d->rank == 0 ? cfx_malloc((size_t)d->size * sizeof mine) : NULL;
     cfx_dist_gather_double(mine, 4, all);
     if (verbose)
@@ -291,319 +276,432 @@ static void report_memory(const cfx_dist *d, int verbose)
     free(all);
 }
 
-/* Broadcasts what rank 0 read from a checkpoint to every rank. */
-static void bcast_resume_state(cfx_model *m, cfx_optim *o, cfx_train_state *st)
+/* Batch statistics of BatchNorm summed over every rank. */
+static void reduce_over_ranks(void *ctx, double *buf, int n)
 {
-    cfx_dist_bcast(m->params, m->n_params * sizeof(float));
-    cfx_dist_bcast(o->m, o->n * sizeof(float));
-    if (o->v)
-        cfx_dist_bcast(o->v, o->n * sizeof(float));
-    cfx_dist_bcast(&o->step, sizeof o->step);
-    cfx_dist_bcast(st, sizeof *st);
+    (void)ctx;
+    cfx_dist_allreduce_sum_double(buf, n);
+}
+
+/* Everything one rank's training holds. */
+typedef struct {
+    const cfx_config *cfg;
+    cfx_dist *d;
+    const cfx_train_options *opt;
+    int root, verbose;
+    cfx_dataset train_ds, test_ds;
+    cfx_split split;
+    cfx_model model;
+    cfx_optim optim;
+    cfx_train_state state;
+    run_files files;
+    progress_bar bar;
+    char *best_state; /* rank 0: the model state (parameters and buffers) of the best epoch */
+    int *perm, *labels;
+    int local_max, steps_per_epoch;
+    int root_failed; /* rank 0 could not write a file: every rank stops at the next step */
+    int stopped;     /* a stop signal was seen by every rank */
+    fault_plan fault;
+    cfx_phase_times pt;
+    double epoch_start, reduce_before;
+    double loss_sum, correct; /* of the current epoch so far */
+} trainer;
+
+/* Collective: 1 if ok on every rank; else clears err where another rank failed. */
+static int all_ok(int ok, cfx_error *err)
+{
+    if (cfx_dist_all_ok(ok))
+        return 1;
+    if (ok)
+        err->msg[0] = '\0'; /* another rank failed and reports why */
+    return 0;
+}
+
+/* Data, split, model, optimizer and run files: identical on every rank, and
+ * so are their failures; all_ok keeps ranks in step if one fails alone. */
+static int trainer_setup(trainer *t, cfx_error *err)
+{
+    const cfx_config *cfg = t->cfg;
+    int ok = cfx_cifar10_open_train(&t->train_ds, cfg->data_dir, err) == 0 &&
+             cfx_split_make(&t->split, t->train_ds.n, cfg->val_size, cfg->split_seed,
+                            cfg->train_limit, cfg->val_limit, err) == 0;
+    if (ok && t->split.n_train < t->d->size)
+        ok = cfx_fail(err,
+                      "data.train_limit: %d training images for %d ranks (need at least "
+                      "one per rank)",
+                      t->split.n_train, t->d->size) == 0;
+    t->local_max = (cfg->batch_size + t->d->size - 1) / t->d->size;
+    int max_batch = cfg->eval_batch_size > t->local_max ? cfg->eval_batch_size : t->local_max;
+    ok = ok && cfx_model_create(&t->model, cfg->layers, cfg->n_layers, CFX_IMAGE_CHANNELS,
+                                CFX_IMAGE_SIZE, CFX_IMAGE_SIZE, max_batch, 0, err) == 0;
+    if (ok && t->model.n_classes != CFX_NUM_CLASSES)
+        ok = cfx_fail(err, "model.layers: the last layer has %d outputs, CIFAR-10 has %d classes",
+                      t->model.n_classes, CFX_NUM_CLASSES) == 0;
+    ok = ok && cfx_optim_create(&t->optim, cfg, t->model.n_params, err) == 0;
+    if (ok && t->root)
+        ok =
+            run_files_init(&t->files, cfg, t->d, t->opt->config_text, cfx_blas_threads(), err) == 0;
+    if (!all_ok(ok, err))
+        return -1;
+    t->model.reduce = reduce_over_ranks;
+    if (t->root)
+        t->best_state = cfx_malloc(t->model.state_bytes);
+    t->steps_per_epoch = (t->split.n_train + cfg->batch_size - 1) / cfg->batch_size;
+    t->perm = cfx_malloc((size_t)t->split.n_train * sizeof *t->perm);
+    t->labels = cfx_malloc((size_t)t->local_max * sizeof *t->labels);
+    t->fault = fault_plan_from_env();
+    return 0;
+}
+
+/* Rank 0: the checkpoint to resume from, the best state so far (best.h5 of
+ * the run directory) and the metrics log cut back to the checkpoint. */
+static int read_resume_state(trainer *t, cfx_error *err)
+{
+    const char *path = t->opt->resume_path;
+    const cfx_config *cfg = t->cfg;
+    if (cfx_checkpoint_read(path, &t->model, &t->optim, &t->state, err) != 0)
+        return -1;
+    if (t->state.seed != cfg->seed)
+        return cfx_fail(err, "%s: written with train.seed=%llu, the config has %llu", path,
+                        (unsigned long long)t->state.seed, (unsigned long long)cfg->seed);
+    if (t->state.epoch >= cfg->epochs && t->state.step_in_epoch == 0)
+        return cfx_fail(err, "%s: already trained %d of train.epochs=%d epochs", path,
+                        t->state.epoch, cfg->epochs);
+    memcpy(t->best_state, t->model.state, t->model.state_bytes);
+    if (access(t->files.best, R_OK) == 0) {
+        cfx_model best = {0};
+        int ok = cfx_model_create(&best, cfg->layers, cfg->n_layers, CFX_IMAGE_CHANNELS,
+                                  CFX_IMAGE_SIZE, CFX_IMAGE_SIZE, 1, 0, err) == 0 &&
+                 cfx_checkpoint_read(t->files.best, &best, NULL, NULL, err) == 0;
+        if (ok)
+            memcpy(t->best_state, best.state, t->model.state_bytes);
+        cfx_model_free(&best);
+        if (!ok)
+            return -1;
+    }
+    if (cfx_metrics_truncate(t->files.metrics_h5, t->state.epoch, err) != 0)
+        return -1;
+    /* a resume into a new output.dir has no log yet */
+    return access(t->files.metrics_h5, F_OK) != 0 ? 0 : write_metrics_csv(&t->files, err);
+}
+
+/* Initial state on every rank: fresh weights from rank 0, or a checkpoint. */
+static int trainer_start(trainer *t, cfx_error *err)
+{
+    cfx_model *m = &t->model;
+    if (t->opt->resume_path) {
+        int ok = !t->root || read_resume_state(t, err) == 0;
+        if (!all_ok(ok, err))
+            return -1;
+        cfx_dist_bcast(t->optim.m, t->optim.n * sizeof(float));
+        if (t->optim.v)
+            cfx_dist_bcast(t->optim.v, t->optim.n * sizeof(float));
+        cfx_dist_bcast(&t->optim.step, sizeof t->optim.step);
+        cfx_dist_bcast(&t->state, sizeof t->state);
+        if (t->verbose)
+            printf("resumed from %s: epoch %d, step %d of the next epoch, global step %ld\n",
+                   t->opt->resume_path, t->state.epoch, t->state.step_in_epoch,
+                   t->state.global_step);
+    } else if (t->root) {
+        cfx_model_init_params(m, t->cfg->seed);
+    }
+    cfx_dist_bcast(m->state, m->state_bytes);
+    if (t->verbose) {
+        cfx_model_print(m, stdout);
+        printf("data: %d training, %d validation images from %s\n", t->split.n_train,
+               t->split.n_val, t->cfg->data_dir);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+static void inject_fault(const trainer *t)
+{
+    if (t->state.global_step == t->fault.step && t->d->rank == t->fault.rank)
+        raise(t->fault.sig);
+}
+
+/* Every rank holds the same sums, so every rank stops alike. */
+static int check_divergence(const trainer *t, int epoch, int step, const float *tail,
+                            cfx_error *err)
+{
+    if (!isfinite(tail[TAIL_LOSS]))
+        return cfx_fail(err,
+                        "training diverged at epoch %d, step %d: the loss is %g; the last "
+                        "good checkpoint is kept",
+                        epoch, step + 1, (double)tail[TAIL_LOSS]);
+    /* NaN or inf iff some summed gradient is: a double sum of floats cannot overflow. */
+    double grad_sum = cfx_sum(t->model.grads, t->model.n_params);
+    if (!isfinite(grad_sum))
+        return cfx_fail(err,
+                        "training diverged at epoch %d, step %d: a gradient is not finite "
+                        "(their sum is %g); the last good checkpoint is kept",
+                        epoch, step + 1, grad_sum);
+    return 0;
+}
+
+/* One optimizer step on global batch `step` of the epoch. Returns 0, or -1
+ * when training must end (failure of rank 0 or divergence). */
+static int train_step(trainer *t, int epoch, int step, cfx_error *err)
+{
+    cfx_model *m = &t->model;
+    const int B = t->cfg->batch_size, n_train = t->split.n_train;
+    int gstart = step * B, glen = n_train - gstart < B ? n_train - gstart : B;
+    int start, count;
+    cfx_dist_slice(glen, t->d->rank, t->d->size, &start, &count);
+    cfx_augment aug = {t->cfg->augment, t->cfg->seed, epoch};
+    double t0 = cfx_now();
+    cfx_batch_fill(m->acts[0], t->labels, &t->train_ds, t->perm + gstart + start, count, &aug);
+    t->pt.data += cfx_now() - t0;
+    t0 = cfx_now();
+    const float *logits = cfx_model_forward(m, count);
+    double step_loss = 0.0;
+    long step_correct = 0;
+    cfx_softmax_xent(logits, t->labels, count, m->n_classes, 1.0f / (float)glen,
+                     m->dacts[m->n_layers], &step_loss, &step_correct);
+    t->pt.forward += cfx_now() - t0;
+    t0 = cfx_now();
+    cfx_model_backward(m, count);
+    t->pt.backward += cfx_now() - t0;
+    float *tail = m->grads + m->n_params;
+    tail[TAIL_LOSS] = (float)step_loss;
+    tail[TAIL_CORRECT] = (float)step_correct;
+    tail[TAIL_STOP] = stop_requested ? 1.0f : 0.0f;
+    tail[TAIL_ABORT] = (float)t->root_failed;
+    t0 = cfx_now();
+    cfx_dist_allreduce_sum(t->d, m->grads, m->n_params + CFX_GRAD_TAIL);
+    t->pt.allreduce += cfx_now() - t0;
+    if (tail[TAIL_ABORT] != 0.0f) {
+        if (!t->root)
+            err->msg[0] = '\0'; /* rank 0 failed and reports why */
+        return -1;
+    }
+    if (check_divergence(t, epoch, step, tail, err) != 0)
+        return -1;
+    t->loss_sum += tail[TAIL_LOSS];
+    t->correct += tail[TAIL_CORRECT];
+    t0 = cfx_now();
+    cfx_optim_step(&t->optim, m->params, m->grads);
+    t->pt.optimizer += cfx_now() - t0;
+    t->state.global_step++;
+    t->stopped = tail[TAIL_STOP] != 0.0f; /* every rank saw the same flag */
+    return 0;
+}
+
+/* The epoch's permutation of the training split. */
+static void shuffle_epoch(trainer *t, int epoch)
+{
+    for (int i = 0; i < t->split.n_train; i++)
+        t->perm[i] = t->split.train[i];
+    cfx_rng rng;
+    cfx_rng_seed(&rng, cfx_hash3(t->cfg->seed, 0x45504F4348ULL /* "EPOCH" */, (uint64_t)epoch));
+    cfx_shuffle(t->perm, t->split.n_train, &rng);
+}
+
+/* The training steps of one epoch (from step_in_epoch of a resumed run).
+ * Returns 0 when the epoch is complete, 1 when a stop signal ended it early
+ * (state.step_in_epoch says where), -1 on failure. */
+static int train_epoch(trainer *t, int epoch, cfx_error *err)
+{
+    const int B = t->cfg->batch_size, n_train = t->split.n_train;
+    int first_step = t->state.step_in_epoch;
+    t->loss_sum = first_step ? t->state.epoch_loss_sum : 0.0;
+    t->correct = first_step ? t->state.epoch_correct : 0.0;
+    t->state.step_in_epoch = 0;
+    shuffle_epoch(t, epoch);
+    cfx_model_set_training(&t->model, 1);
+    for (int step = first_step; step < t->steps_per_epoch; step++) {
+        if (train_step(t, epoch, step, err) != 0)
+            return -1;
+        if (t->bar.on) {
+            long done = (long)(step + 1) * B < n_train ? (long)(step + 1) * B : n_train;
+            progress_draw(&t->bar, epoch, t->cfg->epochs, done, n_train,
+                          done - (long)first_step * B, cfx_now() - t->epoch_start,
+                          step + 1 == t->steps_per_epoch);
+        }
+        inject_fault(t);
+        if (t->stopped && step + 1 < t->steps_per_epoch) {
+            t->state.step_in_epoch = step + 1;
+            t->state.epoch_loss_sum = t->loss_sum;
+            t->state.epoch_correct = t->correct;
+            return 1;
+        } /* at the last step: finish the epoch, then stop */
+    }
+    return 0;
+}
+
+static void print_epoch(const trainer *t, const cfx_epoch_metrics *row, int improved)
+{
+    printf("epoch %3d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %6.0f img/s  "
+           "%5.1f s\n",
+           row->epoch, t->cfg->epochs, row->train_loss, row->train_accuracy, row->validation_loss,
+           row->validation_accuracy, improved ? " *" : "  ", row->images_per_second,
+           row->epoch_seconds);
+    const cfx_phase_times *pt = &t->pt;
+    if (getenv("CFX_PHASE_TIMES"))
+        printf("  phases: data %.2f s, forward %.2f s, backward %.2f s, allreduce %.2f s, "
+               "optimizer %.2f s, validation %.2f s, checkpoint %.2f s\n",
+               pt->data, pt->forward, pt->backward, pt->allreduce, pt->optimizer, pt->validation,
+               pt->checkpoint);
+    fflush(stdout);
+}
+
+/* Rank 0 after validation: best state, checkpoints, metrics row. */
+static void record_epoch(trainer *t, int epoch, int images, double train_seconds,
+                         cfx_eval_result val, cfx_error *err)
+{
+    cfx_model *m = &t->model;
+    int improved = val.accuracy > t->state.best_validation_accuracy;
+    if (improved) {
+        t->state.best_validation_accuracy = val.accuracy;
+        t->state.best_epoch = epoch;
+        memcpy(t->best_state, m->state, m->state_bytes);
+    }
+    const int n_train = t->split.n_train;
+    cfx_epoch_metrics row = {
+        .epoch = epoch,
+        .train_loss = t->loss_sum / n_train,
+        .train_accuracy = t->correct / n_train,
+        .validation_loss = val.loss,
+        .validation_accuracy = val.accuracy,
+        .learning_rate = t->cfg->lr,
+        .images_per_second = images / train_seconds,
+        .allreduce_seconds = t->d->allreduce_seconds - t->reduce_before,
+    };
+    double t0 = cfx_now();
+    const run_files *f = &t->files;
+    if (cfx_checkpoint_write(f->last, m, &t->optim, &t->state, &f->meta, err) != 0 ||
+        (improved && cfx_checkpoint_write(f->best, m, &t->optim, &t->state, &f->meta, err) != 0))
+        t->root_failed = 1;
+    t->pt.checkpoint = cfx_now() - t0;
+    row.epoch_seconds = cfx_now() - t->epoch_start;
+    if (!t->root_failed &&
+        (cfx_metrics_append(f->metrics_h5, &row, err) != 0 || write_metrics_csv(f, err) != 0))
+        t->root_failed = 1;
+    if (t->verbose) {
+        progress_clear(&t->bar);
+        print_epoch(t, &row, improved);
+    }
+}
+
+/* After the last step of an epoch: the same buffers everywhere (per-rank
+ * BatchNorm statistics take rank 0's), validation in eval mode by all ranks,
+ * then rank 0 records the epoch. */
+static void end_epoch(trainer *t, int epoch, int first_step, cfx_error *err)
+{
+    cfx_model *m = &t->model;
+    t->state.epoch = epoch;
+    t->state.epoch_loss_sum = t->state.epoch_correct = 0.0;
+    double train_seconds = cfx_now() - t->epoch_start;
+    int images = t->split.n_train - first_step * t->cfg->batch_size;
+    size_t param_bytes = m->n_params * sizeof(float);
+    cfx_dist_bcast((char *)m->state + param_bytes, m->state_bytes - param_bytes);
+    double t0 = cfx_now();
+    cfx_eval_result val = evaluate_shared(m, &t->train_ds, t->split.val, t->split.n_val, t->d);
+    t->pt.validation = cfx_now() - t0;
+    if (t->root && !t->root_failed)
+        record_epoch(t, epoch, images > 0 ? images : 0, train_seconds, val, err);
+}
+
+/* Rank 0 writes last.h5 of a run stopped inside an epoch. Returns 1 (stopped). */
+static int finish_stopped(trainer *t, cfx_error *err)
+{
+    if (!t->root)
+        return 1;
+    const cfx_train_state *s = &t->state;
+    if (s->step_in_epoch &&
+        cfx_checkpoint_write(t->files.last, &t->model, &t->optim, s, &t->files.meta, err) != 0)
+        return -1;
+    progress_clear(&t->bar);
+    if (t->verbose)
+        printf("stopped by signal after epoch %d step %d; wrote %s (resume with --resume %s)\n",
+               s->epoch + (s->step_in_epoch ? 1 : 0), s->step_in_epoch, t->files.last,
+               t->files.last);
+    return 1;
+}
+
+/* Test accuracy of the best state, shared by all ranks. */
+static int finish_test(trainer *t, cfx_error *err)
+{
+    cfx_model *m = &t->model;
+    if (t->root)
+        memcpy(m->state, t->best_state, m->state_bytes);
+    cfx_dist_bcast(m->state, m->state_bytes);
+    int ok = cfx_cifar10_open_test(&t->test_ds, t->cfg->data_dir, err) == 0;
+    if (!all_ok(ok, err))
+        return -1;
+    int *all = cfx_malloc((size_t)t->test_ds.n * sizeof *all);
+    for (int i = 0; i < t->test_ds.n; i++)
+        all[i] = i;
+    cfx_eval_result test = evaluate_shared(m, &t->test_ds, all, t->test_ds.n, t->d);
+    free(all);
+    if (t->root) {
+        if (cfx_metrics_set_test(t->files.metrics_h5, test.loss, test.accuracy, err) != 0)
+            return -1;
+        if (t->verbose)
+            printf("best validation accuracy %.4f at epoch %d; test loss %.4f, test accuracy "
+                   "%.4f (%d images)\n",
+                   t->state.best_validation_accuracy, t->state.best_epoch, test.loss, test.accuracy,
+                   test.n);
+    }
+    report_memory(t->d, t->verbose);
+    return 0;
+}
+
+static void trainer_free(trainer *t)
+{
+    progress_clear(&t->bar);
+    free(t->best_state);
+    free(t->perm);
+    free(t->labels);
+    if (t->root)
+        free(t->files.layers);
+    cfx_optim_free(&t->optim);
+    cfx_model_free(&t->model);
+    cfx_split_free(&t->split);
+    cfx_dataset_close(&t->train_ds);
+    if (t->test_ds.n)
+        cfx_dataset_close(&t->test_ds);
 }
 
 int cfx_train(const cfx_config *cfg, cfx_dist *d, const cfx_train_options *opt, cfx_error *err)
 {
-    const int root = d->rank == 0, verbose = root && !opt->quiet;
-    cfx_dataset train_ds = {0}, test_ds = {0};
-    cfx_split split = {0};
-    cfx_model model = {0};
-    cfx_optim optim = {0};
-    cfx_train_state state = {.seed = cfg->seed, .split_seed = cfg->split_seed,
-                             .best_validation_accuracy = -1.0};
-    run_files files;
-    progress_bar bar = {.on = verbose && opt->progress};
-    float *best_params = NULL;
-    int *perm = NULL, *labels = NULL;
+    trainer t = {.cfg = cfg, .d = d, .opt = opt, .root = d->rank == 0};
+    t.verbose = t.root && !opt->quiet;
+    t.bar.on = t.verbose && opt->progress;
+    t.state = (cfx_train_state){
+        .seed = cfg->seed, .split_seed = cfg->split_seed, .best_validation_accuracy = -1.0};
     int rc = -1;
-
-    /* Data, split and model are identical on every rank, and so are their
-     * failures; cfx_dist_all_ok keeps ranks in step if one fails alone. */
-    int ok = cfx_cifar10_open_train(&train_ds, cfg->data_dir, err) == 0 &&
-             cfx_split_make(&split, train_ds.n, cfg->val_size, cfg->split_seed, cfg->train_limit,
-                            cfg->val_limit, err) == 0;
-    if (ok && split.n_train < d->size)
-        ok = cfx_fail(err, "data.train_limit: %d training images for %d ranks (need at least "
-                           "one per rank)", split.n_train, d->size) == 0;
-    int local_max = (cfg->batch_size + d->size - 1) / d->size;
-    int max_batch = cfg->eval_batch_size > local_max ? cfg->eval_batch_size : local_max;
-    ok = ok && cfx_model_create(&model, cfg->layers, cfg->n_layers, CFX_IMAGE_CHANNELS,
-                                CFX_IMAGE_SIZE, CFX_IMAGE_SIZE, max_batch, 0, err) == 0;
-    if (ok && model.n_classes != CFX_NUM_CLASSES)
-        ok = cfx_fail(err, "model.layers: the last layer has %d outputs, CIFAR-10 has %d classes",
-                      model.n_classes, CFX_NUM_CLASSES) == 0;
-    ok = ok && cfx_optim_create(&optim, cfg, model.n_params, err) == 0;
-    if (ok && root)
-        ok = run_files_init(&files, cfg, d, opt->config_text, cfx_blas_threads(), err) == 0;
-    if (!cfx_dist_all_ok(ok)) {
-        if (ok)
-            err->msg[0] = '\0'; /* another rank failed and reports why */
+    if (trainer_setup(&t, err) != 0 || trainer_start(&t, err) != 0)
         goto done;
-    }
-    if (root)
-        best_params = cfx_malloc(model.n_params * sizeof(float));
-
-    /* Initial state: fresh weights from rank 0, or a checkpoint. */
-    if (opt->resume_path) {
-        if (root) {
-            ok = cfx_checkpoint_read(opt->resume_path, &model, &optim, &state, err) == 0;
-            if (ok && state.seed != cfg->seed)
-                ok = cfx_fail(err, "%s: written with train.seed=%llu, the config has %llu",
-                              opt->resume_path, (unsigned long long)state.seed,
-                              (unsigned long long)cfg->seed) == 0;
-            if (ok && state.epoch >= cfg->epochs && state.step_in_epoch == 0)
-                ok = cfx_fail(err, "%s: already trained %d of train.epochs=%d epochs",
-                              opt->resume_path, state.epoch, cfg->epochs) == 0;
-            /* The best weights so far come from best.h5 of the run directory. */
-            memcpy(best_params, model.params, model.n_params * sizeof(float));
-            if (ok && access(files.best, R_OK) == 0) {
-                cfx_model best = {0};
-                ok = cfx_model_create(&best, cfg->layers, cfg->n_layers, CFX_IMAGE_CHANNELS,
-                                      CFX_IMAGE_SIZE, CFX_IMAGE_SIZE, 1, 0, err) == 0 &&
-                     cfx_checkpoint_read(files.best, &best, NULL, NULL, err) == 0;
-                if (ok)
-                    memcpy(best_params, best.params, model.n_params * sizeof(float));
-                cfx_model_free(&best);
-            }
-            if (ok)
-                ok = cfx_metrics_truncate(files.metrics_h5, state.epoch, err) == 0 &&
-                     /* a resume into a new output.dir has no log yet */
-                     (access(files.metrics_h5, F_OK) != 0 || write_metrics_csv(&files, err) == 0);
-        }
-        if (!cfx_dist_all_ok(ok)) {
-            if (ok)
-                err->msg[0] = '\0'; /* rank 0 reports why */
+    for (int epoch = t.state.epoch + 1; epoch <= cfg->epochs && !t.stopped; epoch++) {
+        memset(&t.pt, 0, sizeof t.pt);
+        t.epoch_start = cfx_now();
+        t.reduce_before = d->allreduce_seconds;
+        int first_step = t.state.step_in_epoch;
+        int status = train_epoch(&t, epoch, err);
+        if (status < 0)
             goto done;
-        }
-        bcast_resume_state(&model, &optim, &state);
-        if (verbose)
-            printf("resumed from %s: epoch %d, step %d of the next epoch, global step %ld\n",
-                   opt->resume_path, state.epoch, state.step_in_epoch, state.global_step);
-    } else {
-        if (root)
-            cfx_model_init_params(&model, cfg->seed);
-        cfx_dist_bcast(model.params, model.n_params * sizeof(float));
+        if (status > 0)
+            break; /* stopped inside the epoch */
+        end_epoch(&t, epoch, first_step, err);
     }
-
-    if (verbose) {
-        cfx_model_print(&model, stdout);
-        printf("data: %d training, %d validation images from %s\n", split.n_train, split.n_val,
-               cfg->data_dir);
-        fflush(stdout);
-    }
-
-    const int B = cfg->batch_size, n_train = split.n_train;
-    const int steps_per_epoch = (n_train + B - 1) / B;
-    float *tail = model.grads + model.n_params;
-    int root_failed = 0, stopped = 0;
-    const fault_plan fault = fault_plan_from_env();
-    perm = cfx_malloc((size_t)n_train * sizeof *perm);
-    labels = cfx_malloc((size_t)local_max * sizeof *labels);
-
-    for (int epoch = state.epoch + 1; epoch <= cfg->epochs && !stopped; epoch++) {
-        cfx_phase_times pt = {0};
-        double t_epoch = cfx_now(), t;
-        double reduce_before = d->allreduce_seconds;
-        /* A resumed run may start inside this epoch. */
-        int first_step = state.step_in_epoch;
-        double loss_sum = first_step ? state.epoch_loss_sum : 0.0;
-        double correct = first_step ? state.epoch_correct : 0.0;
-        state.step_in_epoch = 0;
-        for (int i = 0; i < n_train; i++)
-            perm[i] = split.train[i];
-        cfx_rng rng;
-        cfx_rng_seed(&rng, cfx_hash3(cfg->seed, 0x45504F4348ULL /* "EPOCH" */, (uint64_t)epoch));
-        cfx_shuffle(perm, n_train, &rng);
-        cfx_augment aug = {cfg->augment, cfg->seed, epoch};
-
-        for (int step = first_step; step < steps_per_epoch; step++) {
-            int gstart = step * B, glen = n_train - gstart < B ? n_train - gstart : B;
-            int start, count;
-            cfx_dist_slice(glen, d->rank, d->size, &start, &count);
-            t = cfx_now();
-            cfx_batch_fill(model.acts[0], labels, &train_ds, perm + gstart + start, count, &aug);
-            pt.data += cfx_now() - t;
-            t = cfx_now();
-            const float *logits = cfx_model_forward(&model, count);
-            double step_loss = 0.0;
-            long step_correct = 0;
-            cfx_softmax_xent(logits, labels, count, model.n_classes, 1.0f / (float)glen,
-                             model.dacts[model.n_layers], &step_loss, &step_correct);
-            pt.forward += cfx_now() - t;
-            t = cfx_now();
-            cfx_model_backward(&model, count);
-            pt.backward += cfx_now() - t;
-            tail[TAIL_LOSS] = (float)step_loss;
-            tail[TAIL_CORRECT] = (float)step_correct;
-            tail[TAIL_STOP] = stop_requested ? 1.0f : 0.0f;
-            tail[TAIL_ABORT] = (float)root_failed;
-            t = cfx_now();
-            cfx_dist_allreduce_sum(d, model.grads, model.n_params + CFX_GRAD_TAIL);
-            pt.allreduce += cfx_now() - t;
-            if (tail[TAIL_ABORT] != 0.0f) {
-                if (!root)
-                    err->msg[0] = '\0'; /* rank 0 failed and reports why */
-                goto done;
-            }
-            if (!isfinite(tail[TAIL_LOSS])) {
-                cfx_fail(err, "training diverged at epoch %d, step %d: the loss is %g; "
-                              "the last good checkpoint is kept",
-                         epoch, step + 1, (double)tail[TAIL_LOSS]);
-                goto done;
-            }
-            /* NaN or inf iff some summed gradient is: a double sum of floats
-             * cannot overflow. Every rank holds the same sum and stops alike. */
-            double grad_sum = cfx_sum(model.grads, model.n_params);
-            if (!isfinite(grad_sum)) {
-                cfx_fail(err, "training diverged at epoch %d, step %d: a gradient is not "
-                              "finite (their sum is %g); the last good checkpoint is kept",
-                         epoch, step + 1, grad_sum);
-                goto done;
-            }
-            loss_sum += tail[TAIL_LOSS];
-            correct += tail[TAIL_CORRECT];
-            t = cfx_now();
-            cfx_optim_step(&optim, model.params, model.grads);
-            pt.optimizer += cfx_now() - t;
-            state.global_step++;
-            if (bar.on) {
-                long done = (long)(step + 1) * B < n_train ? (long)(step + 1) * B : n_train;
-                progress_draw(&bar, epoch, cfg->epochs, done, n_train, done - (long)first_step * B,
-                              cfx_now() - t_epoch, step + 1 == steps_per_epoch);
-            }
-            if (state.global_step == fault.step && d->rank == fault.rank)
-                raise(fault.sig);
-            if (tail[TAIL_STOP] != 0.0f) {
-                /* Every rank saw the same flag after the same step. */
-                stopped = 1;
-                if (step + 1 < steps_per_epoch) {
-                    state.step_in_epoch = step + 1;
-                    state.epoch_loss_sum = loss_sum;
-                    state.epoch_correct = correct;
-                    break;
-                } /* at the last step: finish the epoch, then stop */
-            }
-        }
-        if (state.step_in_epoch)
-            break; /* stopped inside the epoch: rank 0 writes last.h5 below */
-        state.epoch = epoch;
-        state.epoch_loss_sum = state.epoch_correct = 0.0;
-        double train_seconds = cfx_now() - t_epoch;
-        int images = n_train - first_step * B > 0 ? n_train - first_step * B : 0;
-
-        t = cfx_now();
-        cfx_eval_result val = evaluate_shared(&model, &train_ds, split.val, split.n_val, d);
-        pt.validation = cfx_now() - t;
-        if (root && !root_failed) {
-            int improved = val.accuracy > state.best_validation_accuracy;
-            if (improved) {
-                state.best_validation_accuracy = val.accuracy;
-                state.best_epoch = epoch;
-                memcpy(best_params, model.params, model.n_params * sizeof(float));
-            }
-            cfx_epoch_metrics row = {
-                .epoch = epoch,
-                .train_loss = loss_sum / n_train,
-                .train_accuracy = correct / n_train,
-                .validation_loss = val.loss,
-                .validation_accuracy = val.accuracy,
-                .learning_rate = cfg->lr,
-                .images_per_second = images / train_seconds,
-                .epoch_seconds = 0.0,
-                .allreduce_seconds = d->allreduce_seconds - reduce_before,
-            };
-            t = cfx_now();
-            if (cfx_checkpoint_write(files.last, &model, &optim, &state, &files.meta, err) != 0 ||
-                (improved &&
-                 cfx_checkpoint_write(files.best, &model, &optim, &state, &files.meta, err) != 0))
-                root_failed = 1;
-            pt.checkpoint = cfx_now() - t;
-            row.epoch_seconds = cfx_now() - t_epoch;
-            if (!root_failed && (cfx_metrics_append(files.metrics_h5, &row, err) != 0 ||
-                                 write_metrics_csv(&files, err) != 0))
-                root_failed = 1;
-            if (verbose) {
-                progress_clear(&bar);
-                printf("epoch %3d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  "
-                       "%6.0f img/s  %5.1f s\n",
-                       epoch, cfg->epochs, row.train_loss, row.train_accuracy, val.loss,
-                       val.accuracy, improved ? " *" : "  ", row.images_per_second,
-                       row.epoch_seconds);
-                if (getenv("CFX_PHASE_TIMES"))
-                    printf("  phases: data %.2f s, forward %.2f s, backward %.2f s, allreduce "
-                           "%.2f s, optimizer %.2f s, validation %.2f s, checkpoint %.2f s\n",
-                           pt.data, pt.forward, pt.backward, pt.allreduce, pt.optimizer,
-                           pt.validation, pt.checkpoint);
-                fflush(stdout);
-            }
-        }
-    }
-    if (root_failed)
+    if (t.root_failed)
         goto done;
-
-    if (stopped && (state.step_in_epoch || state.epoch < cfg->epochs)) {
-        if (root) {
-            if (state.step_in_epoch &&
-                cfx_checkpoint_write(files.last, &model, &optim, &state, &files.meta, err) != 0)
-                goto done;
-            progress_clear(&bar);
-            if (verbose)
-                printf("stopped by signal after epoch %d step %d; wrote %s (resume with "
-                       "--resume %s)\n",
-                       state.epoch + (state.step_in_epoch ? 1 : 0), state.step_in_epoch,
-                       files.last, files.last);
-        }
-        rc = 1;
+    if (t.stopped && (t.state.step_in_epoch || t.state.epoch < cfg->epochs)) {
+        rc = finish_stopped(&t, err);
         goto done;
     }
-
     /* Training is over and checkpointed: from here a stop signal just ends
      * the program (the flag would no longer be looked at). */
     set_stop_handlers(SIG_DFL);
-
-    /* Test accuracy of the best weights, again shared by all ranks. */
-    if (root)
-        memcpy(model.params, best_params, model.n_params * sizeof(float));
-    cfx_dist_bcast(model.params, model.n_params * sizeof(float));
-    int test_ok = cfx_cifar10_open_test(&test_ds, cfg->data_dir, err) == 0;
-    if (!cfx_dist_all_ok(test_ok)) {
-        if (test_ok)
-            err->msg[0] = '\0'; /* another rank reports why */
-        goto done;
-    }
-    int *all = cfx_malloc((size_t)test_ds.n * sizeof *all);
-    for (int i = 0; i < test_ds.n; i++)
-        all[i] = i;
-    cfx_eval_result test = evaluate_shared(&model, &test_ds, all, test_ds.n, d);
-    free(all);
-    if (root) {
-        if (cfx_metrics_set_test(files.metrics_h5, test.loss, test.accuracy, err) != 0)
-            goto done;
-        if (verbose)
-            printf("best validation accuracy %.4f at epoch %d; test loss %.4f, test accuracy "
-                   "%.4f (%d images)\n",
-                   state.best_validation_accuracy, state.best_epoch, test.loss, test.accuracy,
-                   test.n);
-    }
-    report_memory(d, verbose);
-    rc = 0;
-
+    rc = finish_test(&t, err);
 done:
-    progress_clear(&bar);
-    free(best_params);
-    free(perm);
-    free(labels);
-    cfx_optim_free(&optim);
-    cfx_model_free(&model);
-    cfx_split_free(&split);
-    cfx_dataset_close(&train_ds);
-    if (test_ds.n)
-        cfx_dataset_close(&test_ds);
+    trainer_free(&t);
     return rc;
 }
 
-int cfx_eval_checkpoint(const cfx_config *cfg, const cfx_dist *d, const char *path,
-                        cfx_error *err)
+int cfx_eval_checkpoint(const cfx_config *cfg, const cfx_dist *d, const char *path, cfx_error *err)
 {
     cfx_dataset test_ds = {0};
     cfx_model model = {0};

@@ -166,13 +166,9 @@ int main(int argc, char **argv)
     double flops_step = 0;
     for (int i = 0; i < m.n_layers; i++) {
         cfx_layer *L = &m.layers[i];
-        char spec[128];
+        char spec[256];
         cfx_layer_spec_format(&L->spec, spec, sizeof spec);
-        double f = 0;
-        if (L->spec.type == CFX_LAYER_CONV2D)
-            f = 2.0 * (double)L->n_weight * L->out_h * L->out_w * batch;
-        else if (L->spec.type == CFX_LAYER_LINEAR)
-            f = 2.0 * (double)L->n_weight * batch;
+        double f = L->kind->flops ? L->kind->flops(L) * batch : 0.0;
         double fb = i == 0 ? f : 2 * f; /* the first layer needs no input gradient */
         flops_step += f + fb;
         double fms = 1e3 * L->forward_seconds / steps, bms = 1e3 * L->backward_seconds / steps;

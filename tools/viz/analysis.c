@@ -38,12 +38,31 @@ void viz_saliency(const cfx_model *m, int n, float *maps)
     }
 }
 
-int viz_last_conv(const cfx_model *m)
+int viz_first_conv(const cfx_model *m)
 {
-    for (int i = m->n_layers - 1; i >= 0; i--)
-        if (m->layers[i].spec.type == CFX_LAYER_CONV2D)
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i].n_tensors && m->layers[i].tensors[0].rank == 4)
             return i;
     return -1;
+}
+
+int viz_last_conv(const cfx_model *m)
+{
+    int c = -1;
+    for (int i = m->n_layers - 1; i >= 0 && c < 0; i--)
+        if (m->layers[i].n_tensors && m->layers[i].tensors[0].rank == 4)
+            c = i;
+    if (c < 0)
+        return -1;
+    /* Inside a block ("layer4.1.conv2"): the block's output ("layer4.1"). */
+    char block[CFX_NAME_LEN];
+    snprintf(block, sizeof block, "%s", m->layers[c].key);
+    char *dot = strrchr(block, '.');
+    if (!dot)
+        return c;
+    *dot = '\0';
+    int out = cfx_model_find_layer(m, block);
+    return out > c && !m->layers[out].flat_out ? out : c;
 }
 
 void viz_gradcam(const cfx_model *m, int layer, int n, float *cams)
@@ -248,15 +267,13 @@ int viz_sanity_run(cfx_model *m, int n, const int *classes, int cam_layer, uint6
     if (cam_layer < 0 || cam_layer >= m->n_layers || m->layers[cam_layer].flat_out)
         return cfx_fail(err, "sanity check: layer %d has no spatial output for Grad-CAM",
                         cam_layer);
-    int players[CFX_MAX_LAYERS];
-    int np = viz_param_layers(m, players);
+    int *players = cfx_malloc((size_t)m->n_layers * sizeof *players);
+    int n_all = viz_param_layers(m, players);
+    int np = n_all < CFX_MAX_LAYERS ? n_all : CFX_MAX_LAYERS; /* those nearest the output */
 
     /* A model of the same layout holds the re-initialised parameters. */
     cfx_model scratch;
-    cfx_layer_spec specs[CFX_MAX_LAYERS];
-    for (int i = 0; i < m->n_layers; i++)
-        specs[i] = m->layers[i].spec;
-    if (cfx_model_create(&scratch, specs, m->n_layers, m->in_c, m->in_h, m->in_w, 1, 0, err) != 0)
+    if (cfx_model_create(&scratch, m->specs, m->n_specs, m->in_c, m->in_h, m->in_w, 1, 0, err) != 0)
         return -1;
     cfx_model_init_params(&scratch, seed);
     float *trained = cfx_malloc(m->n_params * sizeof(float));
@@ -272,7 +289,7 @@ int viz_sanity_run(cfx_model *m, int n, const int *classes, int cam_layer, uint6
     out->saliency_rho = cfx_malloc((size_t)out->n_steps * n * sizeof(double));
     out->gradcam_rho = cfx_malloc((size_t)out->n_steps * n * sizeof(double));
     for (int s = 0; s < out->n_steps; s++) {
-        out->layer[s] = s == 0 ? -1 : players[np - s];
+        out->layer[s] = s == 0 ? -1 : players[n_all - s];
         if (s > 0)
             viz_copy_layer_params(m, scratch.params, out->layer[s]);
         viz_class_score_backward(m, n, classes);
@@ -291,6 +308,7 @@ int viz_sanity_run(cfx_model *m, int n, const int *classes, int cam_layer, uint6
     }
     memcpy(m->params, trained, m->n_params * sizeof(float));
     free(trained);
+    free(players);
     cfx_model_free(&scratch);
     return 0;
 }

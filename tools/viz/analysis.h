@@ -21,8 +21,12 @@ void viz_class_score_backward(cfx_model *m, int n, const int *classes);
  * maps[i][y][x] = max over channels c of |d score_i / d input[c][i][y][x]|. */
 void viz_saliency(const cfx_model *m, int n, float *maps);
 
-/* Index of the last conv2d layer, -1 if there is none. */
+/* The default Grad-CAM layer: the last convolution (a layer with a 4-D
+ * weight), or, when it lies inside a block ("layer4.1.conv2"), the block's
+ * output ("layer4.1"); -1 if there is no convolution. */
 int viz_last_conv(const cfx_model *m);
+/* Index of the first convolution, -1 if there is none. */
+int viz_first_conv(const cfx_model *m);
 
 /* After viz_class_score_backward on a model created with
  * CFX_MODEL_KEEP_ACTIVATIONS (so a conv2d's output is not overwritten by a

@@ -349,18 +349,23 @@ int viz_fig_misclassified(viz_out *o, const viz_run *r, cfx_error *err)
 
 /* ---- feature maps ----------------------------------------------------- */
 
+#define VIZ_MAX_CHANNELS 64 /* channels drawn per feature-map figure */
+
 static int featuremap(viz_out *o, const viz_run *r, int l, cfx_error *err)
 {
     const cfx_layer *L = &r->model.layers[l];
     int C = L->out_c, H = L->out_h, W = L->out_w;
-    int cols = C >= 32 ? 16 : C >= 8 ? 8 : C;
-    int rows = (C + cols - 1) / cols;
+    int shown = C < VIZ_MAX_CHANNELS ? C : VIZ_MAX_CHANNELS; /* wide layers: the first ones */
+    int cols = shown >= 32 ? 16 : shown >= 8 ? 8 : shown;
+    int rows = (shown + cols - 1) / cols;
     double tile = W * fmax(1.0, floor(64.0 / W)); /* whole-pixel enlargement near 64 px */
     const double gap = 6.0, label = 15.0, header = 100.0;
-    char spec[128], title[200], sub[400];
+    char spec[256], title[300], sub[400], part[64] = "";
     cfx_layer_spec_format(&L->spec, spec, sizeof spec);
-    const char *tn = cfx_layer_type_name(L->spec.type);
-    snprintf(title, sizeof title, "Layer %d: %s, output %d × %d × %d", l, tn, C, H, W);
+    const char *tn = L->kind->torch_name;
+    if (shown < C)
+        snprintf(part, sizeof part, " (channels 0-%d of %d shown)", shown - 1, C);
+    snprintf(title, sizeof title, "Layer %d: %s, output %d × %d × %d%s", l, tn, C, H, W, part);
     int img = r->images[0];
     snprintf(sub, sizeof sub, "%s\ntest image #%d (%s); each channel scaled to its own range", spec,
              img, class_name(r->img_label[0]));
@@ -379,7 +384,7 @@ static int featuremap(viz_out *o, const viz_run *r, int l, cfx_error *err)
     viz_text(&f, 98.0, 40.0, sub, VIZ_FONT, 0.0, 0.0, 0, 0, VIZ_GREY);
 
     double x0 = (width - cols * (tile + gap) + gap) / 2;
-    for (int c = 0; c < C; c++) {
+    for (int c = 0; c < shown; c++) {
         const float *map = r->features[l] + (size_t)c * H * W;
         float lo, hi;
         min_max(map, (size_t)H * W, &lo, &hi);
@@ -389,12 +394,12 @@ static int featuremap(viz_out *o, const viz_run *r, int l, cfx_error *err)
         snprintf(num, sizeof num, "%d", c);
         viz_text(&f, x + tile / 2, y + tile + 2.0, num, 11.0, 0.5, 0.0, 0, 0, VIZ_GREY);
     }
-    char name[64], cap[256];
+    char name[64], cap[300];
     snprintf(name, sizeof name, "featuremaps/layer_%02d_%s", l, tn);
     snprintf(cap, sizeof cap,
-             "All %d channels of layer %d (%s) for test image #%d, each scaled from its minimum "
+             "%s %d channels of layer %d (%s) for test image #%d, each scaled from its minimum "
              "(dark) to its maximum (yellow).",
-             C, l, tn, img);
+             shown < C ? "The first" : "All", shown, l, tn, img);
     int rc = viz_out_save(o, &f, name, VIZ_SEC_FEATURES, title, cap, err);
     viz_fig_free(&f);
     return rc;
@@ -412,10 +417,8 @@ int viz_fig_featuremaps(viz_out *o, const viz_run *r, cfx_error *err)
 
 int viz_fig_conv1_filters(viz_out *o, const viz_run *r, cfx_error *err)
 {
-    int l = 0;
-    while (l < r->model.n_layers && r->model.layers[l].spec.type != CFX_LAYER_CONV2D)
-        l++;
-    if (l == r->model.n_layers)
+    int l = viz_first_conv(&r->model);
+    if (l < 0)
         return cfx_fail(err, "%s: the model has no conv2d layer", r->ckpt_path);
     const cfx_layer *L = &r->model.layers[l];
     int OC = L->out_c, C = L->in_c, KK = L->spec.kernel;
@@ -478,9 +481,9 @@ static int explanation(viz_out *o, const viz_run *r, int gradcam, cfx_error *err
     if (gradcam) {
         snprintf(title, sizeof title, "Grad-CAM of the predicted class");
         snprintf(sub, sizeof sub,
-                 "last conv layer %d (%s, %d × %d × %d): ReLU(Σ<sub>k</sub> α<sub>k</sub> "
+                 "layer %d %s (%s, %d × %d × %d): ReLU(Σ<sub>k</sub> α<sub>k</sub> "
                  "A<sup>k</sup>), α<sub>k</sub> = mean of ∂ score / ∂ A<sup>k</sup>",
-                 r->cam_layer, cfx_layer_type_name(C->spec.type), C->out_c, C->out_h, C->out_w);
+                 r->cam_layer, C->key, C->kind->torch_name, C->out_c, C->out_h, C->out_w);
         snprintf(col2, sizeof col2, "Grad-CAM (%d × %d)", r->cam_h, r->cam_w);
     } else {
         snprintf(title, sizeof title, "Saliency of the predicted class");
@@ -680,7 +683,11 @@ void viz_sanity_step_label(const viz_run *r, int s, char *buf, size_t len)
         return;
     }
     int l = r->sanity.layer[s];
-    snprintf(buf, len, "%d %s", l, cfx_layer_type_name(r->model.layers[l].spec.type));
+    const cfx_layer *L = &r->model.layers[l];
+    if (L->spec.name[0])
+        snprintf(buf, len, "%s %s", L->key, L->kind->torch_name);
+    else
+        snprintf(buf, len, "%d %s", l, L->kind->torch_name);
 }
 
 static void rho_text(char *buf, size_t len, double rho)

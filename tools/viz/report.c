@@ -130,15 +130,15 @@ int viz_write_report(const viz_run *r, const viz_out *o, const char *path, doubl
     fputs("</table>\n<p>Model:</p>\n<pre>", fp);
     for (int l = 0; l < r->model.n_layers; l++) {
         const cfx_layer *L = &r->model.layers[l];
-        char spec[128];
+        char spec[256];
         cfx_layer_spec_format(&L->spec, spec, sizeof spec);
-        char line[256];
+        char line[512];
         if (L->flat_out)
-            snprintf(line, sizeof line, "%2d  %-10s %-44s -> %d\n", l,
-                     cfx_layer_type_name(L->spec.type), spec, L->out_c);
+            snprintf(line, sizeof line, "%2d  %-10s %-44s -> %d\n", l, L->kind->torch_name, spec,
+                     L->out_c);
         else
             snprintf(line, sizeof line, "%2d  %-10s %-44s -> %d x %d x %d\n", l,
-                     cfx_layer_type_name(L->spec.type), spec, L->out_c, L->out_h, L->out_w);
+                     L->kind->torch_name, spec, L->out_c, L->out_h, L->out_w);
         put_escaped(fp, line);
     }
     fprintf(fp, "%zu parameters</pre>\n", r->model.n_params);

@@ -255,6 +255,7 @@ int viz_run_load(viz_run *r, const char *run_dir, const char *data_dir, cfx_erro
                         r->model.n_classes, CFX_NUM_CLASSES);
     if (cfx_checkpoint_read(r->ckpt_path, &r->model, NULL, &r->state, err) != 0)
         return -1;
+    cfx_model_set_training(&r->model, 0); /* everything cfx-viz shows is in eval mode */
     if (read_meta(r, err) != 0)
         return -1;
     if (cfx_metrics_read(r->metrics_path, &r->rows, &r->n_rows, err) != 0)
@@ -320,7 +321,8 @@ static int explain(viz_run *r, cfx_error *err)
                          CFX_IMAGE_SIZE, n, CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS,
                          err) != 0)
         return -1;
-    memcpy(g->params, r->model.params, r->model.n_params * sizeof(float));
+    memcpy(g->state, r->model.state, r->model.state_bytes); /* parameters and buffers */
+    cfx_model_set_training(g, 0);
     r->cam_layer = viz_last_conv(g);
     if (r->cam_layer < 0)
         return cfx_fail(err, "%s: the model has no conv2d layer for Grad-CAM", r->ckpt_path);
