@@ -7,6 +7,10 @@
 #           and its diagonal share equals the accuracy --eval printed
 #   report  report.html in headless Chromium: the page renders (a screenshot
 #           that is not blank) and every <img> loads (naturalWidth > 0)
+#   residual  the same for a small ResNet (CONFIG is tests/small_resnet.ini):
+#           every layer's feature maps, Grad-CAM on the last block's output by
+#           default and on any named layer with --layer, the sanity check
+#           re-initialising BatchNorm layers too
 #   errors  missing, damaged and mismatched files, bad --images, an
 #           unwritable output directory: one line on stderr, non-zero exit;
 #           --format svg and pdf write those formats
@@ -94,6 +98,26 @@ run)
         h5dump -H -d "$d" "$run/analysis.h5" > /dev/null || fail "analysis.h5 has no $d"
     done
     echo "ok: cfx-viz wrote every file"
+    ;;
+
+residual)
+    out=$work/resnet
+    rm -rf "$out"
+    train_run "$out"
+    "$viz" --run "$out" --images 0,1,2 | tee "$work/viz-resnet.out"
+    # 10 plots + the 20 layers with spatial outputs (conv1 ... the global average pool)
+    grep -Eq "^cfx-viz: 30 figures," "$work/viz-resnet.out" || fail "cfx-viz figure count"
+    for f in featuremaps/layer_08_Add.png featuremaps/layer_16_BatchNorm2d.png \
+        featuremaps/layer_19_AdaptiveAvgPool2d.png plots/gradcam.png; do
+        "$check" png-min "$out/$f" 400 150 || fail "$out/$f"
+    done
+    cam_layer() { h5dump -a /images/gradcam/layer "$out/analysis.h5" | sed -n 's/^ *(0): //p'; }
+    [ "$(cam_layer)" = 18 ] || fail "default Grad-CAM layer $(cam_layer), expected 18 (layer2.0)"
+    grep -q "layer2.0.downsample.1 BatchNorm2d" "$work/viz-resnet.out" ||
+        fail "the sanity check did not re-initialise layer2.0.downsample.1"
+    "$viz" --quiet --run "$out" --images 0,1,2 --layer layer1.0.bn2
+    [ "$(cam_layer)" = 7 ] || fail "--layer layer1.0.bn2: Grad-CAM layer $(cam_layer), expected 7"
+    echo "ok: cfx-viz draws the residual network"
     ;;
 
 report)

@@ -54,15 +54,18 @@ int viz_last_conv(const cfx_model *m)
             c = i;
     if (c < 0)
         return -1;
-    /* Inside a block ("layer4.1.conv2"): the block's output ("layer4.1"). */
+    /* Inside a block ("layer4.1.downsample.0"): the block's output ("layer4.1"),
+     * the outermost layer named by a prefix of its name that comes after it. */
     char block[CFX_NAME_LEN];
     snprintf(block, sizeof block, "%s", m->layers[c].key);
-    char *dot = strrchr(block, '.');
-    if (!dot)
-        return c;
-    *dot = '\0';
-    int out = cfx_model_find_layer(m, block);
-    return out > c && !m->layers[out].flat_out ? out : c;
+    int best = c;
+    for (char *dot; (dot = strrchr(block, '.'));) {
+        *dot = '\0';
+        int out = cfx_model_find_layer(m, block);
+        if (out > c && !m->layers[out].flat_out)
+            best = out;
+    }
+    return best;
 }
 
 void viz_gradcam(const cfx_model *m, int layer, int n, float *cams)

@@ -408,7 +408,7 @@ static int featuremap(viz_out *o, const viz_run *r, int l, cfx_error *err)
 int viz_fig_featuremaps(viz_out *o, const viz_run *r, cfx_error *err)
 {
     for (int l = 0; l < r->model.n_layers; l++)
-        if (r->features[l] && featuremap(o, r, l, err) != 0)
+        if (r->features && r->features[l] && featuremap(o, r, l, err) != 0)
             return -1;
     return 0;
 }
@@ -690,6 +690,39 @@ void viz_sanity_step_label(const viz_run *r, int s, char *buf, size_t len)
         snprintf(buf, len, "%d %s", l, L->kind->torch_name);
 }
 
+/* "15 Conv2d": short enough for a chart's category axis. */
+static void sanity_step_short(const viz_run *r, int s, char *buf, size_t len)
+{
+    int l = r->sanity.layer[s];
+    if (s == 0)
+        snprintf(buf, len, "trained");
+    else
+        snprintf(buf, len, "%d %s", l, r->model.layers[l].kind->torch_name);
+}
+
+/* A column heading: the layer's name broken after dots into lines of at
+ * most about 12 characters, then its type ("layer2.0.\ndownsample.1\nConv2d"). */
+static void sanity_step_heading(const viz_run *r, int s, char *buf, size_t len)
+{
+    int l = r->sanity.layer[s];
+    const cfx_layer *L = &r->model.layers[l];
+    if (s == 0 || !L->spec.name[0]) {
+        viz_sanity_step_label(r, s, buf, len);
+        return;
+    }
+    size_t used = 0, line = 0;
+    for (const char *p = L->key; *p && used + 2 < len; p++) {
+        buf[used++] = *p, line++;
+        if (*p == '.' && line >= 6 && strchr(p + 1, '.') != p + 1) {
+            const char *next = strchr(p + 1, '.');
+            size_t rest = next ? (size_t)(next - p) : strlen(p + 1);
+            if (line + rest > 12)
+                buf[used++] = '\n', line = 0;
+        }
+    }
+    snprintf(buf + used, len - used, "\n%s", L->kind->torch_name);
+}
+
 static void rho_text(char *buf, size_t len, double rho)
 {
     if (isnan(rho))
@@ -702,7 +735,17 @@ int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
 {
     const viz_sanity *sa = &r->sanity;
     int steps = sa->n_steps, n = sa->n_images;
-    const double tile = 84.0, gap = 12.0, cap_h = 18.0, left = 150.0, head = 124.0;
+    int lines = 1; /* of the tallest column heading */
+    for (int s = 0; s < steps; s++) {
+        char h[96];
+        sanity_step_heading(r, s, h, sizeof h);
+        int k = 1;
+        for (const char *p = h; *p; p++)
+            k += *p == '\n';
+        lines = k > lines ? k : lines;
+    }
+    const double tile = 84.0, gap = 12.0, cap_h = 18.0, left = 150.0;
+    const double head = 124.0 + (lines - 1) * 15.0;
     const double row_h = tile + cap_h + gap, grid_h = 2 * n * row_h + (n - 1) * 8.0;
     const double chart_h = 330.0;
     double width = fmax(left + (steps + 1) * (tile + gap) + 20.0, 760.0);
@@ -713,18 +756,18 @@ int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
                 "parameter layers re-initialised from the output down, one more per column;\n"
                 "ρ: Spearman rank correlation with the trained model's map",
                 0);
-    char lab[64];
+    char lab[96];
     for (int s = 0; s <= steps; s++) {
         double cx = left + s * (tile + gap) + tile / 2;
         if (s == 0)
             snprintf(lab, sizeof lab, "image");
         else
-            viz_sanity_step_label(r, s - 1, lab, sizeof lab);
+            sanity_step_heading(r, s - 1, lab, sizeof lab);
         viz_text(&f, cx, head - 8.0, lab, FONT_CAPTION, 0.5, 1.0, 0, s == 1 ? VIZ_BOLD : 0,
                  VIZ_TEXT);
     }
     if (steps > 1) /* over the columns of the re-initialised models, 2..steps */
-        viz_text(&f, left + (2 + steps) / 2.0 * (tile + gap) + tile / 2, head - 28.0,
+        viz_text(&f, left + (2 + steps) / 2.0 * (tile + gap) + tile / 2, head - 8.0 - lines * 15.0,
                  "re-initialised down to layer", FONT_CAPTION, 0.5, 1.0, 0, 0, VIZ_GREY);
     for (int i = 0; i < n; i++) {
         for (int m = 0; m < 2; m++) {
@@ -761,7 +804,7 @@ int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
     const char **names = cfx_malloc((size_t)steps * sizeof *names);
     char(*labels)[64] = cfx_malloc((size_t)steps * sizeof *labels);
     for (int s = 0; s < steps; s++) {
-        viz_sanity_step_label(r, s, labels[s], sizeof labels[s]);
+        sanity_step_short(r, s, labels[s], sizeof labels[s]);
         names[s] = labels[s];
     }
     viz_axes ax = {0};

@@ -25,8 +25,8 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: cfx-viz --run OUTPUT_DIR [--data DIR] [--images i,j,k] [--format png|svg|pdf]\n"
-            "               [--quiet]\n"
+            "usage: cfx-viz --run OUTPUT_DIR [--data DIR] [--images i,j,k] [--layer NAME]\n"
+            "               [--format png|svg|pdf] [--quiet]\n"
             "\n"
             "Draws every figure of a cfx-train run from OUTPUT_DIR/checkpoints/best.h5 and\n"
             "OUTPUT_DIR/logs/metrics.h5 and writes them under OUTPUT_DIR: plots/, featuremaps/,\n"
@@ -38,6 +38,8 @@ static void usage(FILE *out)
             "  --images LIST      test images to explain, e.g. 0,1,3 (default: the first %d\n"
             "                     test images of distinct classes; at most %d); the feature\n"
             "                     maps show the first\n"
+            "  --layer NAME       the layer Grad-CAM explains, by name (layer3.1) or index\n"
+            "                     (default: the last convolution, or the block holding it)\n"
             "  --format FMT       png (default), svg or pdf\n"
             "  --quiet            print only errors\n"
             "  --version, --help\n"
@@ -68,9 +70,15 @@ static void print_sanity(const viz_run *r)
     printf("sanity check: Spearman rank correlation with the trained model's map (mean over %d "
            "images)\n",
            sa->n_images);
-    printf("  step  re-initialised down to   saliency  Grad-CAM\n");
+    int width = 22; /* of the layer column: the longest label */
     for (int s = 0; s < sa->n_steps; s++) {
-        char lab[64], a[16] = "n/a", b[16] = "n/a";
+        char lab[96];
+        viz_sanity_step_label(r, s, lab, sizeof lab);
+        width = (int)strlen(lab) > width ? (int)strlen(lab) : width;
+    }
+    printf("  step  %-*s %10s %9s\n", width, "re-initialised down to", "saliency", "Grad-CAM");
+    for (int s = 0; s < sa->n_steps; s++) {
+        char lab[96], a[16] = "n/a", b[16] = "n/a";
         viz_sanity_step_label(r, s, lab, sizeof lab);
         double ma = viz_nanmean(sa->saliency_rho + s * sa->n_images, sa->n_images);
         double mb = viz_nanmean(sa->gradcam_rho + s * sa->n_images, sa->n_images);
@@ -78,14 +86,14 @@ static void print_sanity(const viz_run *r)
             snprintf(a, sizeof a, "%.3f", ma);
         if (!isnan(mb))
             snprintf(b, sizeof b, "%.3f", mb);
-        printf("  %4d  %-22s %10s %9s\n", s, lab, a, b);
+        printf("  %4d  %-*s %10s %9s\n", s, width, lab, a, b);
     }
 }
 
 int main(int argc, char **argv)
 {
     cfx_blas_select_kernels(argv); /* may re-execute this program */
-    const char *run_dir = NULL, *data_dir = NULL, *images = NULL;
+    const char *run_dir = NULL, *data_dir = NULL, *images = NULL, *cam_layer = NULL;
     viz_format fmt = VIZ_PNG;
     int quiet = 0;
     for (int i = 1; i < argc; i++) {
@@ -102,6 +110,8 @@ int main(int argc, char **argv)
             data_dir = argv[++i];
         } else if (!strcmp(a, "--images") && i + 1 < argc) {
             images = argv[++i];
+        } else if (!strcmp(a, "--layer") && i + 1 < argc) {
+            cam_layer = argv[++i];
         } else if (!strcmp(a, "--format") && i + 1 < argc) {
             const char *f = argv[++i];
             if (!strcmp(f, "png"))
@@ -138,6 +148,8 @@ int main(int argc, char **argv)
     int code = CFX_EXIT_FAILURE;
     if (viz_run_load(&r, run_dir, data_dir, &err) != 0)
         goto fail;
+    if (cam_layer)
+        snprintf(r.cam_request, sizeof r.cam_request, "%s", cam_layer);
     if (viz_run_choose_images(&r, images, &err) != 0) {
         code = CFX_EXIT_USAGE;
         goto fail;

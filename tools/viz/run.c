@@ -323,7 +323,11 @@ static int explain(viz_run *r, cfx_error *err)
         return -1;
     memcpy(g->state, r->model.state, r->model.state_bytes); /* parameters and buffers */
     cfx_model_set_training(g, 0);
-    r->cam_layer = viz_last_conv(g);
+    r->cam_layer = r->cam_request[0] ? cfx_model_find_layer(g, r->cam_request) : viz_last_conv(g);
+    if (r->cam_request[0] && (r->cam_layer < 0 || g->layers[r->cam_layer].flat_out))
+        return cfx_fail(err, "--layer %s: %s", r->cam_request,
+                        r->cam_layer < 0 ? "the model has no layer of that name or index"
+                                         : "that layer's output is flat (no spatial map)");
     if (r->cam_layer < 0)
         return cfx_fail(err, "%s: the model has no conv2d layer for Grad-CAM", r->ckpt_path);
     int labels[VIZ_MAX_IMAGES];
@@ -347,6 +351,7 @@ static int explain(viz_run *r, cfx_error *err)
         viz_resize_bilinear(r->gradcam + (size_t)i * r->cam_h * r->cam_w, r->cam_h, r->cam_w,
                             r->gradcam_up + (size_t)i * HW, CFX_IMAGE_SIZE, CFX_IMAGE_SIZE);
     /* feature maps of the first image: its planes of every spatial output */
+    r->features = cfx_calloc((size_t)g->n_layers, sizeof *r->features);
     for (int l = 0; l < g->n_layers; l++) {
         const cfx_layer *L = &g->layers[l];
         if (L->flat_out)
@@ -406,6 +411,9 @@ void viz_run_free(viz_run *r)
     free(r->rows);
     if (r->test.n)
         cfx_dataset_close(&r->test);
+    for (int l = 0; r->features && l < r->model.n_layers; l++)
+        free(r->features[l]);
+    free(r->features);
     cfx_model_free(&r->model);
     cfx_model_free(&r->gmodel);
     free(r->labels);
@@ -414,8 +422,6 @@ void viz_run_free(viz_run *r)
     free(r->saliency);
     free(r->gradcam);
     free(r->gradcam_up);
-    for (int l = 0; l < CFX_MAX_LAYERS; l++)
-        free(r->features[l]);
     viz_sanity_free(&r->sanity);
     memset(r, 0, sizeof *r);
 }

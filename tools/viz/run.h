@@ -63,7 +63,8 @@ typedef struct {
     int cam_layer, cam_h, cam_w;
     float *gradcam;                  /* [n_images][cam_h*cam_w] */
     float *gradcam_up;               /* [n_images][32*32], bilinear */
-    float *features[CFX_MAX_LAYERS]; /* spatial layers: output for images[0], [C][H][W] */
+    float **features; /* per layer, spatial ones only: output for images[0], [C][H][W] */
+    char cam_request[CFX_NAME_LEN]; /* --layer: the Grad-CAM layer ("" = default) */
     uint64_t sanity_seed;
     viz_sanity sanity;
 
