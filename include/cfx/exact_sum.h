@@ -20,7 +20,8 @@
  * range; tiny results may round twice, still the same on every rank).
  *
  * Non-finite values are never converted: if any chunk of any rank holds a
- * NaN or an infinity, every rank gets CFX_EXACT_NONFINITE. All statuses are
+ * NaN or an infinity, or the sum overflows float, every rank gets
+ * CFX_EXACT_NONFINITE. All statuses are
  * the same on every rank. -0 sums to +0. Assumes the default rounding mode
  * (to nearest) and the same binary on every rank. */
 #ifndef CFX_EXACT_SUM_H
@@ -33,7 +34,8 @@
 
 enum {
     CFX_EXACT_OK = 0,
-    CFX_EXACT_NONFINITE = 1, /* a NaN or infinity in segment x->bad_segment; out unwritten */
+    CFX_EXACT_NONFINITE = 1, /* a NaN or infinity in segment x->bad_segment (out unwritten),
+                                or its sum overflows to infinity */
     CFX_EXACT_TOO_MANY = 2,  /* more chunks over all ranks than max_terms (or max_terms
                                 < 1): the sum may have overflowed; out unwritten */
 };
@@ -80,7 +82,7 @@ void cfx_exact_scan(cfx_exact *x, const float *const *chunks, int n_chunks);
 /* The first segment whose maximum is not finite, or -1. */
 int cfx_exact_first_nonfinite(const cfx_exact *x);
 void cfx_exact_accumulate(cfx_exact *x, const float *const *chunks, int n_chunks, int max_terms);
-int cfx_exact_finish(const cfx_exact *x, int max_terms, float *out);
+int cfx_exact_finish(cfx_exact *x, int max_terms, float *out);
 
 /* The power-of-two exponent S of a segment whose largest |x| has the float
  * bit pattern max_bits (finite): values are stored as rint(x * 2^S). */

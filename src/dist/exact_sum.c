@@ -142,17 +142,23 @@ void cfx_exact_accumulate(cfx_exact *x, const float *const *chunks, int n_chunks
     }
 }
 
-int cfx_exact_finish(const cfx_exact *x, int max_terms, float *out)
+int cfx_exact_finish(cfx_exact *x, int max_terms, float *out)
 {
     if (max_terms < 1 || x->acc[x->n] > max_terms)
         return CFX_EXACT_TOO_MANY;
+    x->bad_segment = -1;
     for (int s = 0; s < x->n_segs; s++) {
         size_t off = x->bounds[s], len = x->bounds[s + 1] - off;
         int shift = x->bits[s] ? cfx_exact_shift(x->bits[s], max_terms) : 0;
         int a = shift < 126 ? shift : 126; /* 2^-a and 2^-(shift - a) are normal floats */
         fixed_to_float(out + off, x->acc + off, len, ldexpf(1.0f, -a), ldexpf(1.0f, a - shift));
+        /* |sum| < 2^(e + L): only e + L >= 128 can round to infinity */
+        int e_plus_l = 62 - shift;
+        if (x->bits[s] && e_plus_l >= 128 && x->bad_segment < 0 &&
+            max_abs_bits(out + off, len) >= FINITE_LIMIT)
+            x->bad_segment = s;
     }
-    return CFX_EXACT_OK;
+    return x->bad_segment < 0 ? CFX_EXACT_OK : CFX_EXACT_NONFINITE;
 }
 
 /* ---- MPI ------------------------------------------------------------------ */
@@ -235,8 +241,11 @@ int cfx_exact_sum_double(cfx_exact *x, const double *vals, int n_chunks, int n, 
         allreduce_int64_sum(acc, (size_t)n + 1);
         if (max_terms < 1 || acc[n] > max_terms)
             status = CFX_EXACT_TOO_MANY;
-        for (int i = 0; i < n && status == CFX_EXACT_OK; i++)
+        for (int i = 0; i < n && status == CFX_EXACT_OK; i++) {
             out[i] = bits[i] ? ldexp((double)acc[i], -shift_double(bits[i], max_terms)) : 0.0;
+            if (isinf(out[i])) /* the sum overflowed double */
+                x->bad_segment = i, status = CFX_EXACT_NONFINITE;
+        }
     }
     free(bits);
     free(acc);
