@@ -203,20 +203,20 @@ static void test_order_and_grouping_independent(void **state)
 static void test_precision_bound(void **state)
 {
     (void)state;
-    enum { K = 13, N = 1400 };
+    enum { K = 13, N = 5200 };
     int L = 4, P = 62 - L; /* ceil(log2(13)) */
-    size_t len[2] = {700, 700};
+    size_t len[2] = {4500, 700}, start[3] = {0, 4500, 5200}; /* 4500: several blocks */
     float **c = adversarial_chunks(K, N, 3);
     float out[N];
     assert_int_equal(sum_one_rank(len, 2, N, (const float *const *)c, K, K, out), CFX_EXACT_OK);
     for (int s = 0; s < 2; s++) {
         float m = 0;
-        for (size_t i = len[0] * (size_t)s; i < len[0] * (size_t)(s + 1); i++)
+        for (size_t i = start[s]; i < start[s + 1]; i++)
             for (int j = 0; j < K; j++)
                 m = fmaxf(m, fabsf(c[j][i]));
         int e;
         frexpf(m, &e);
-        for (size_t i = len[0] * (size_t)s; i < len[0] * (size_t)(s + 1); i++) {
+        for (size_t i = start[s]; i < start[s + 1]; i++) {
             long double ref = 0, abs_sum = 0;
             for (int j = 0; j < K; j++)
                 ref += c[j][i], abs_sum += fabsl(c[j][i]);

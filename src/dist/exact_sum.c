@@ -10,6 +10,7 @@
 #include "cfx/exact_sum.h" /* defines: cfx_exact, cfx_exact_sum, cfx_exact_sum_double */
 
 #define FINITE_LIMIT 0x7f800000u /* bits of |x| at or above: infinity or NaN */
+#define BLOCK 2048               /* int64 sums per block (16 KB) in cfx_exact_accumulate */
 
 int cfx_exact_create(cfx_exact *x, size_t n, const size_t *seg_len, int n_segs, cfx_error *err)
 {
@@ -136,9 +137,12 @@ void cfx_exact_accumulate(cfx_exact *x, const float *const *chunks, int n_chunks
             continue;
         }
         double scale = ldexp(1.0, cfx_exact_shift(x->bits[s], max_terms));
-        fixed_set(x->acc + off, chunks[0] + off, len, scale);
-        for (int c = 1; c < n_chunks; c++)
-            fixed_add(x->acc + off, chunks[c] + off, len, scale);
+        for (size_t b = off; b < off + len; b += BLOCK) { /* acc[b..) stays in cache */
+            size_t m = off + len - b < BLOCK ? off + len - b : BLOCK;
+            fixed_set(x->acc + b, chunks[0] + b, m, scale);
+            for (int c = 1; c < n_chunks; c++)
+                fixed_add(x->acc + b, chunks[c] + b, m, scale);
+        }
     }
 }
 
