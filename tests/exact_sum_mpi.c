@@ -53,8 +53,8 @@ static int owner(int l, int j, int size)
                 return r;
         }
         return -1;
-    case 1: return j % size;                               /* round robin */
-    case 2: return size - 1;                               /* all on the last rank */
+    case 1: return j % size;                                  /* round robin */
+    case 2: return size - 1;                                  /* all on the last rank */
     default: return size == 1 ? 0 : 1 + (j * 7) % (size - 1); /* none on rank 0 */
     }
 }
@@ -115,7 +115,8 @@ int main(int argc, char **argv)
         }
         status = cfx_exact_sum_double(&x, &my_stats[0][0], m, N_STATS, K, dsum[l]);
         if (status != CFX_EXACT_OK || memcmp(dsum[l], dsum[0], sizeof dsum[0])) {
-            fprintf(stderr, "rank %d of %d, layout %d: statistics status %d or differ: %.17g %.17g %.17g\n",
+            fprintf(stderr,
+                    "rank %d of %d, layout %d: statistics status %d or differ: %.17g %.17g %.17g\n",
                     rank, size, l, status, dsum[l][0], dsum[l][1], dsum[l][2]);
             bad = 1;
         }

@@ -97,10 +97,10 @@ static float **adversarial_chunks(int k, size_t n, uint64_t seed)
             float sign = cfx_rng_float(&rng) < 0.5f ? -1.0f : 1.0f, v;
             switch (kind) {
             case 0: v = sign * ldexpf(uniform(&rng, 1, 2), (int)uniform(&rng, -40, 40)); break;
-            case 1: v = j % 2 ? -1e30f : 1e30f; break;                /* cancels */
+            case 1: v = j % 2 ? -1e30f : 1e30f; break;                   /* cancels */
             case 2: v = sign * ldexpf(uniform(&rng, 0, 1), -140); break; /* denormal */
             case 3: v = 0.0f; break;
-            case 4: v = 0.1f; break;                                  /* all equal */
+            case 4: v = 0.1f; break; /* all equal */
             case 5: v = sign * FLT_MAX / (float)k; break;
             default: v = j == 0 ? 1e20f : sign * 1e-20f; break; /* huge and tiny */
             }
@@ -190,7 +190,9 @@ static void test_order_and_grouping_independent(void **state)
         }
         int n_ranks = 1 + trial % MAX_RANKS;
         for (int j = 0; j < K; j++) /* rank n_ranks - 1 owns nothing when n_ranks > 1 */
-            owner[j] = n_ranks == 1 ? 0 : (int)(cfx_rng_float(&rng) * (float)(n_ranks - 1)) % (n_ranks - 1);
+            owner[j] = n_ranks == 1
+                           ? 0
+                           : (int)(cfx_rng_float(&rng) * (float)(n_ranks - 1)) % (n_ranks - 1);
         assert_int_equal(simulate(len, 4, N, perm, owner, K, n_ranks, K, trial % 2, out),
                          CFX_EXACT_OK);
         assert_memory_equal(out, ref, sizeof ref);
@@ -204,7 +206,7 @@ static void test_precision_bound(void **state)
 {
     (void)state;
     enum { K = 13, N = 5200 };
-    int L = 4, P = 62 - L; /* ceil(log2(13)) */
+    int L = 4, P = 62 - L;                                   /* ceil(log2(13)) */
     size_t len[2] = {4500, 700}, start[3] = {0, 4500, 5200}; /* 4500: several blocks */
     float **c = adversarial_chunks(K, N, 3);
     float out[N];
@@ -364,7 +366,7 @@ static void test_double(void **state)
     double out[N];
     cfx_exact x = {0};
     assert_int_equal(cfx_exact_sum_double(&x, &v[0][0], K, N, K, out), CFX_EXACT_OK);
-    assert_true(out[0] == 1.5);  /* 1e16 + 1 - 1e16 + 0.5, exact */
+    assert_true(out[0] == 1.5); /* 1e16 + 1 - 1e16 + 0.5, exact */
     assert_true(out[1] == 0.0);
     assert_true(out[2] == 0.0);  /* 7 and 1e-300 are below the quantum of 1e300 */
     assert_true(out[3] == 18.0); /* correct counts */

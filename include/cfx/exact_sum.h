@@ -41,14 +41,14 @@ enum {
 };
 
 typedef struct {
-    size_t n;            /* floats per chunk */
-    int n_segs;          /* segments (tensors), each with its own scale */
-    size_t *bounds;      /* n_segs + 1: segment s is [bounds[s], bounds[s+1]) */
-    uint32_t *bits;      /* per segment: bit pattern of the largest |x| (>= 0x7f800000:
-                            not finite) */
-    int64_t *acc;        /* n + 1: fixed-point sums, then the number of chunks */
-    double seconds;      /* time spent in cfx_exact_sum and cfx_exact_sum_double */
-    int bad_segment;     /* after CFX_EXACT_NONFINITE: the first non-finite segment */
+    size_t n;        /* floats per chunk */
+    int n_segs;      /* segments (tensors), each with its own scale */
+    size_t *bounds;  /* n_segs + 1: segment s is [bounds[s], bounds[s+1]) */
+    uint32_t *bits;  /* per segment: bit pattern of the largest |x| (>= 0x7f800000:
+                        not finite) */
+    int64_t *acc;    /* n + 1: fixed-point sums, then the number of chunks */
+    double seconds;  /* time spent in cfx_exact_sum and cfx_exact_sum_double */
+    int bad_segment; /* after CFX_EXACT_NONFINITE: the first non-finite segment */
 } cfx_exact;
 
 /* Sets x up for chunks of n floats cut into n_segs segments of seg_len[0..)

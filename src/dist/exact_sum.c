@@ -178,8 +178,7 @@ static void allreduce_int64_sum(int64_t *buf, size_t n)
     }
 }
 
-int cfx_exact_sum(cfx_exact *x, const float *const *chunks, int n_chunks, int max_terms,
-                  float *out)
+int cfx_exact_sum(cfx_exact *x, const float *const *chunks, int n_chunks, int max_terms, float *out)
 {
     double t0 = cfx_now();
     cfx_exact_scan(x, chunks, n_chunks);

@@ -25,13 +25,13 @@
 
 #include <mpi.h>
 
-#include "cfx/config.h" /* defines: cfx_config_load */
-#include "cfx/dist.h"   /* defines: cfx_dist_slice */
+#include "cfx/config.h"    /* defines: cfx_config_load */
+#include "cfx/dist.h"      /* defines: cfx_dist_slice */
 #include "cfx/exact_sum.h" /* defines: cfx_exact, cfx_exact_sum */
-#include "cfx/nn.h"     /* defines: cfx_model */
-#include "cfx/optim.h"  /* defines: cfx_optim */
-#include "cfx/rng.h"    /* defines: cfx_rng */
-#include "cfx/train.h"  /* defines: cfx_blas_select_kernels, cfx_blas_core */
+#include "cfx/nn.h"        /* defines: cfx_model */
+#include "cfx/optim.h"     /* defines: cfx_optim */
+#include "cfx/rng.h"       /* defines: cfx_rng */
+#include "cfx/train.h"     /* defines: cfx_blas_select_kernels, cfx_blas_core */
 
 static double cpu_seconds(void)
 {
@@ -108,7 +108,8 @@ static void bench_reduce_size(const char *name, const size_t *seg_len, int n_seg
     for (int c = 0; c < mine; c++) {
         chunk[c] = cfx_malloc(n * sizeof(float));
         for (size_t i = 0; i < n; i++) /* gradient-like: signed, magnitudes 1e-9..1e-3 */
-            chunk[c][i] = (cfx_rng_float(&rng) - 0.5f) * 2e-3f * powf(10.0f, -6 * cfx_rng_float(&rng));
+            chunk[c][i] =
+                (cfx_rng_float(&rng) - 0.5f) * 2e-3f * powf(10.0f, -6 * cfx_rng_float(&rng));
     }
     cfx_exact x;
     cfx_error err;
@@ -135,9 +136,8 @@ static void bench_reduce_size(const char *name, const size_t *seg_len, int n_seg
         t_local += cfx_now() - t;
     }
     if (rank == 0)
-        printf("%-24s %10zu %8d %14.1f %14.1f %12.1f %8.2f\n", name, n, mine,
-               1e6 * t_float / reps, 1e6 * t_exact / reps, 1e6 * t_local / reps,
-               t_exact / t_float);
+        printf("%-24s %10zu %8d %14.1f %14.1f %12.1f %8.2f\n", name, n, mine, 1e6 * t_float / reps,
+               1e6 * t_exact / reps, 1e6 * t_local / reps, t_exact / t_float);
     for (int c = 0; c < mine; c++)
         free(chunk[c]);
     free(chunk);
@@ -167,7 +167,8 @@ static int bench_reduce(int argc, char **argv)
     cfx_error err;
     if (chunk < 1 || batch < chunk || cfx_config_load(&cfg, config, 0, NULL, &err) != 0 ||
         cfx_model_create(&m, cfg.layers, cfg.n_layers, 3, 32, 32, 1, 0, &err) != 0) {
-        fprintf(stderr, "cfx-bench-model: %s\n", chunk < 1 || batch < chunk ? "bad --chunk" : err.msg);
+        fprintf(stderr, "cfx-bench-model: %s\n",
+                chunk < 1 || batch < chunk ? "bad --chunk" : err.msg);
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
     size_t seg[2 * CFX_MAX_LAYERS];
@@ -180,8 +181,9 @@ static int bench_reduce(int argc, char **argv)
     if (rank == 0)
         printf("float MPI_Allreduce vs cfx_exact_sum, %d ranks, %d chunks of %d images per "
                "batch of %d (rank 0 holds %d); microseconds per step\n"
-               "%-24s %10s %8s %14s %14s %12s %8s\n", size, total, chunk, batch, mine, "model",
-               "floats", "chunks", "float allreduce", "exact sum", "of it local", "ratio");
+               "%-24s %10s %8s %14s %14s %12s %8s\n",
+               size, total, chunk, batch, mine, "model", "floats", "chunks", "float allreduce",
+               "exact sum", "of it local", "ratio");
     bench_reduce_size(config, seg, n_segs, m.n_params, mine, total, 2000);
     size_t big[16];
     for (int i = 0; i < 16; i++)
