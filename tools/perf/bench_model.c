@@ -3,6 +3,7 @@
  *   cfx-bench-model [--config FILE] [--batch N] [--steps N] [--threads N]
  *                   [--conv direct|gemm]
  *   mpirun -np N cfx-bench-model --allreduce
+ *   mpirun -np N cfx-bench-model --reduce [--config FILE] [--batch N] [--chunk N]
  *
  * --conv picks the convolution kernel: the direct AVX-512 one (the default
  * where the CPU has it) or im2col + SGEMM, to compare the two.
@@ -10,8 +11,13 @@
  * the config (default configs/seed.ini) and prints per-layer milliseconds and
  * GFLOP/s, the whole step, and the SGEMM peak measured on this machine.
  * With --allreduce it times MPI_Allreduce over a range of sizes instead and
- * fits the latency-bandwidth model t = a + b * bytes. */
+ * fits the latency-bandwidth model t = a + b * bytes.
+ * With --reduce it compares, per step, today's float MPI_Allreduce of the
+ * gradient with the exact sum (cfx_exact_sum) of this rank's chunks of the
+ * global batch (batch / chunk chunks over all ranks, default 64 / 8), for
+ * the model of the config and for 2 M floats (a larger model). */
 #include <cblas.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,11 +25,13 @@
 
 #include <mpi.h>
 
-#include "cfx/config.h" /* defines: cfx_config_load */
-#include "cfx/nn.h"     /* defines: cfx_model */
-#include "cfx/optim.h"  /* defines: cfx_optim */
-#include "cfx/rng.h"    /* defines: cfx_rng */
-#include "cfx/train.h"  /* defines: cfx_blas_select_kernels, cfx_blas_core */
+#include "cfx/config.h"    /* defines: cfx_config_load */
+#include "cfx/dist.h"      /* defines: cfx_dist_slice */
+#include "cfx/exact_sum.h" /* defines: cfx_exact, cfx_exact_sum */
+#include "cfx/nn.h"        /* defines: cfx_model */
+#include "cfx/optim.h"     /* defines: cfx_optim */
+#include "cfx/rng.h"       /* defines: cfx_rng */
+#include "cfx/train.h"     /* defines: cfx_blas_select_kernels, cfx_blas_core */
 
 static double cpu_seconds(void)
 {
@@ -86,10 +94,112 @@ static int bench_allreduce(int *argc, char ***argv)
     return 0;
 }
 
+/* Microseconds per call of today's float allreduce of n floats and of the
+ * exact sum of `mine` chunks (segments seg_len), averaged over reps after a
+ * warm-up, with rank 0's clock; rank 0 prints one line. */
+static void bench_reduce_size(const char *name, const size_t *seg_len, int n_segs, size_t n,
+                              int mine, int total, int reps)
+{
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    cfx_rng rng;
+    cfx_rng_seed(&rng, 3 + (uint64_t)rank);
+    float **chunk = cfx_malloc(((size_t)mine + 1) * sizeof *chunk), *out = cfx_malloc(n * 4);
+    for (int c = 0; c < mine; c++) {
+        chunk[c] = cfx_malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) /* gradient-like: signed, magnitudes 1e-9..1e-3 */
+            chunk[c][i] =
+                (cfx_rng_float(&rng) - 0.5f) * 2e-3f * powf(10.0f, -6 * cfx_rng_float(&rng));
+    }
+    cfx_exact x;
+    cfx_error err;
+    if (cfx_exact_create(&x, n, seg_len, n_segs, &err) != 0) {
+        fprintf(stderr, "cfx-bench-model: %s\n", err.msg);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    double t_float = 0, t_exact = 0, t_local = 0;
+    for (int r = -5; r < reps; r++) {
+        if (r == 0)
+            t_float = t_exact = t_local = 0;
+        MPI_Barrier(MPI_COMM_WORLD);
+        double t = cfx_now();
+        MPI_Allreduce(MPI_IN_PLACE, out, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        t_float += cfx_now() - t;
+        MPI_Barrier(MPI_COMM_WORLD);
+        t = cfx_now();
+        cfx_exact_sum(&x, (const float *const *)chunk, mine, total, out);
+        t_exact += cfx_now() - t;
+        t = cfx_now(); /* the same work without MPI: scan, convert, convert back */
+        cfx_exact_scan(&x, (const float *const *)chunk, mine);
+        cfx_exact_accumulate(&x, (const float *const *)chunk, mine, total);
+        cfx_exact_finish(&x, total, out);
+        t_local += cfx_now() - t;
+    }
+    if (rank == 0)
+        printf("%-24s %10zu %8d %14.1f %14.1f %12.1f %8.2f\n", name, n, mine, 1e6 * t_float / reps,
+               1e6 * t_exact / reps, 1e6 * t_local / reps, t_exact / t_float);
+    for (int c = 0; c < mine; c++)
+        free(chunk[c]);
+    free(chunk);
+    free(out);
+    cfx_exact_free(&x);
+}
+
+/* --reduce: the config's model (one segment per weight and bias) and 2 M
+ * floats in 8 weights and 8 biases. */
+static int bench_reduce(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    const char *config = "configs/seed.ini";
+    int batch = 64, chunk = 8, rank, size;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--config"))
+            config = argv[i + 1];
+        else if (!strcmp(argv[i], "--batch"))
+            batch = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--chunk"))
+            chunk = atoi(argv[i + 1]);
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    cfx_config cfg;
+    cfx_model m;
+    cfx_error err;
+    if (chunk < 1 || batch < chunk || cfx_config_load(&cfg, config, 0, NULL, &err) != 0 ||
+        cfx_model_create(&m, cfg.layers, cfg.n_layers, 3, 32, 32, 1, 0, &err) != 0) {
+        fprintf(stderr, "cfx-bench-model: %s\n",
+                chunk < 1 || batch < chunk ? "bad --chunk" : err.msg);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    size_t seg[2 * CFX_MAX_LAYERS];
+    int n_segs = 0;
+    for (int i = 0; i < m.n_layers; i++)
+        if (m.layers[i].n_weight + m.layers[i].n_bias)
+            seg[n_segs++] = m.layers[i].n_weight, seg[n_segs++] = m.layers[i].n_bias;
+    int total = (batch + chunk - 1) / chunk, start, mine;
+    cfx_dist_slice(total, rank, size, &start, &mine);
+    if (rank == 0)
+        printf("float MPI_Allreduce vs cfx_exact_sum, %d ranks, %d chunks of %d images per "
+               "batch of %d (rank 0 holds %d); microseconds per step\n"
+               "%-24s %10s %8s %14s %14s %12s %8s\n",
+               size, total, chunk, batch, mine, "model", "floats", "chunks", "float allreduce",
+               "exact sum", "of it local", "ratio");
+    bench_reduce_size(config, seg, n_segs, m.n_params, mine, total, 2000);
+    size_t big[16];
+    for (int i = 0; i < 16; i++)
+        big[i] = i % 2 ? 64 : 262080;
+    bench_reduce_size("2 M floats (16 tensors)", big, 16, 1u << 21, mine, total, 50);
+    cfx_model_free(&m);
+    MPI_Finalize();
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--allreduce"))
         return bench_allreduce(&argc, &argv);
+    if (argc > 1 && !strcmp(argv[1], "--reduce"))
+        return bench_reduce(argc, argv);
     cfx_blas_select_kernels(argv);
     const char *config = "configs/seed.ini";
     int batch = 64, steps = 50, threads = 1;
@@ -107,7 +217,9 @@ int main(int argc, char **argv)
             cfx_conv2d_use_direct(!strcmp(argv[++i], "direct"));
         else {
             fprintf(stderr, "usage: cfx-bench-model [--config FILE] [--batch N] [--steps N] "
-                            "[--threads N] [--conv direct|gemm]\n");
+                            "[--threads N] [--conv direct|gemm]\n"
+                            "       mpirun -np N cfx-bench-model --allreduce | --reduce "
+                            "[--config FILE] [--batch N] [--chunk N]\n");
             return 2;
         }
     }
