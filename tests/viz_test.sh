@@ -118,6 +118,17 @@ residual)
     "$viz" --quiet --run "$out" --images 0,1,2 --layer layer1.0.bn2
     [ "$(cam_layer)" = 7 ] || fail "--layer layer1.0.bn2: Grad-CAM layer $(cam_layer), expected 7"
     echo "ok: cfx-viz draws the residual network"
+
+    # A layer list longer than 2,048 characters is stored whole in checkpoints.
+    long="conv2d out=4 kernel=3 padding=1; maxpool2d kernel=8; flatten; linear out=10"
+    for i in $(seq 1 150); do long="$long; gelu name=activation_$i"; done
+    long="$long; linear out=10"
+    train_run "$work/long" --set "model.layers=$long" --set data.train_limit=64
+    h5dump -a /layers "$work/long/checkpoints/last.h5" > "$work/long.attr"
+    stored=$(grep -o 'activation_[0-9]*' "$work/long.attr" | sort -u | wc -l)
+    [ "$stored" -eq 150 ] || fail "the checkpoint's layers attribute holds $stored of 150 layers"
+    "$viz" --quiet --run "$work/long" --images 0 || fail "cfx-viz on a 153-layer model"
+    echo "ok: a ${#long}-character layer list is stored whole"
     ;;
 
 report)
