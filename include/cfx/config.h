@@ -35,6 +35,9 @@ typedef struct {
     cfx_layer_spec layers[CFX_MAX_LAYERS];
     /* [output] */
     char output_dir[CFX_PATH_LEN];
+    /* [dist] */
+    int chunk;            /* images per gradient chunk (exact reduction) */
+    char reduction[16];   /* exact | float */
     /* [runtime] */
     int blas_threads; /* per rank, 0 = cores of the node / ranks on the node */
 } cfx_config;

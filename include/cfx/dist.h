@@ -27,6 +27,8 @@ void cfx_dist_allreduce_sum_double(double *buf, int n);
 void cfx_dist_gather_double(const double *mine, int n, double *all);
 /* Broadcast from rank 0. */
 void cfx_dist_bcast(void *buf, size_t bytes);
+/* In-place maximum over all ranks of n ints (flags). */
+void cfx_dist_allreduce_max_int(int *buf, int n);
 /* 1 on every rank if ok is non-zero on every rank. */
 int cfx_dist_all_ok(int ok);
 

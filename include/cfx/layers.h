@@ -87,6 +87,7 @@ typedef struct {
     int is_int;
 } cfx_attr;
 #define CFX_MAX_ATTRS 8
+#define CFX_MAX_SUMS(channels) (2 * (channels) + 1) /* doubles of one phase of sums */
 
 /* Flags of a layer type. */
 enum {
@@ -122,6 +123,16 @@ typedef struct cfx_layer_kind {
     /* Backward over n images: overwrites its parameter gradients and din[k]
      * (the gradient of input k; NULL when not needed) from the output's gradient. */
     void (*backward)(struct cfx_model *m, struct cfx_layer *L, int n, float *const *din);
+    /* Layers that need sums over the whole batch (BatchNorm in training): the
+     * model asks for this replica's local sums of phase p (forward phases
+     * 0 .. n_forward_sums - 1, then backward phases), adds them up over every
+     * image of the batch (all ranks, all chunks), and hands the totals to
+     * sums_done before forward (or backward) runs. sums returns how many
+     * doubles it wrote, as a negative count if they must not be summed over
+     * ranks (sync=false), 0 for nothing to do in this mode. May be NULL. */
+    int (*sums)(struct cfx_model *m, struct cfx_layer *L, int n, int phase, double *out);
+    void (*sums_done)(struct cfx_model *m, struct cfx_layer *L, int phase, const double *total);
+    int n_forward_sums, n_backward_sums;
     /* Multiply-adds of one image's forward pass, times 2 (may be NULL: none). */
     double (*flops)(const struct cfx_layer *L);
     /* Attributes describing the layer as its PyTorch module's arguments. */

@@ -193,7 +193,9 @@ typedef struct cfx_model {
     float *grads;    /* n_params + CFX_GRAD_TAIL floats */
     int max_batch;
     int flags;    /* CFX_MODEL_* given at creation */
-    int training; /* 1: batch statistics (default), 0: eval mode */
+    int training;      /* 1: batch statistics (default), 0: eval mode */
+    int owns_buffers;  /* updates running statistics (0 for extra replicas) */
+    int shares_state;  /* state belongs to another model (a replica) */
     cfx_reduce_fn reduce;
     void *reduce_ctx;
     float **acts;                    /* acts[0] input, acts[i+1] output of layer i */
@@ -236,6 +238,30 @@ const float *cfx_model_forward(cfx_model *m, int n);
  * overwrites grads (zero when n = 0) and, with CFX_MODEL_INPUT_GRAD,
  * dacts[0]. Run after a forward pass in the same mode. */
 void cfx_model_backward(cfx_model *m, int n);
+
+/* ---- replicas: one model, a forward and backward per chunk of images ------ */
+
+/* A model of the same layers for batches of up to max_batch images that
+ * shares master's parameters, buffers and counters (its own activations,
+ * gradients and workspaces). It leaves running statistics alone unless
+ * owns_buffers is set. Free with cfx_model_free (master outlives it). */
+int cfx_model_create_replica(cfx_model *rep, const cfx_model *master, int max_batch,
+                             cfx_error *err);
+
+/* total[0..n) = the sum of n_rows rows of n doubles over every process
+ * training the model (rows may be NULL when n_rows = 0). */
+typedef void (*cfx_reduce_rows_fn)(void *ctx, const double *rows, int n_rows, int n,
+                                   double *total);
+
+/* Forward and backward of replicas reps[0..n_reps), replica r over counts[r]
+ * images, layer by layer, so that the batch sums of a layer (BatchNorm's
+ * statistics) are those of every image of every replica (and rank, through
+ * reduce): the result equals one model over all the images. A replica with
+ * counts[r] = 0 adds nothing. */
+void cfx_replicas_forward(cfx_model *const *reps, const int *counts, int n_reps,
+                          cfx_reduce_rows_fn reduce, void *ctx);
+void cfx_replicas_backward(cfx_model *const *reps, const int *counts, int n_reps,
+                           cfx_reduce_rows_fn reduce, void *ctx);
 
 /* Index of the layer with this name (or decimal index), -1 if none. */
 int cfx_model_find_layer(const cfx_model *m, const char *name);

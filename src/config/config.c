@@ -59,6 +59,14 @@ static const key_def KEYS[] = {
      "the layers, one per line or ';'-separated, from these types and options"},
     {"output", "dir", KEY_STRING, FIELD(output_dir), 0, 0, NULL, NULL,
      "run directory: logs/ and checkpoints/ are written here"},
+    {"dist", "reduction", KEY_STRING, FIELD(reduction), 0, 0, "exact|float", "exact",
+     "exact: every global batch is cut into chunks of dist.chunk images, ranks own whole "
+     "chunks and every sum over the batch is exact (int64 fixed point), so the model is "
+     "bitwise the same for any rank count; float: one float allreduce of each rank's slice "
+     "(order depends on the rank count)"},
+    {"dist", "chunk", KEY_INT, FIELD(chunk), 1, 65536, NULL, "8",
+     "images per chunk of the exact reduction: the unit of work a rank owns; larger chunks "
+     "cost less to reduce, smaller ones share a batch among more ranks"},
     {"runtime", "blas_threads", KEY_INT, FIELD(blas_threads), 0, 1024, NULL, "0",
      "OpenBLAS threads per rank (0 = cores of the node / ranks on the node)"},
 };

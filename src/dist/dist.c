@@ -72,6 +72,11 @@ void cfx_dist_bcast(void *buf, size_t bytes)
     }
 }
 
+void cfx_dist_allreduce_max_int(int *buf, int n)
+{
+    MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+}
+
 int cfx_dist_all_ok(int ok)
 {
     int mine = ok != 0, all = 0;

@@ -2,7 +2,8 @@
  * statistics are those of the global batch: the model's reduce function sums
  * them over every rank (sync=false: each rank's own batch, as DDP without
  * SyncBatchNorm); in eval mode the running statistics are used. Sums are
- * accumulated in double, the variance is taken about the mean (two passes). */
+ * accumulated in double, the variance is taken about the mean (two passes);
+ * the model adds them up over ranks and chunks (cfx_layer_kind.sums). */
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -79,17 +80,20 @@ static const cfx_layer_option batchnorm_options[] = {
 
 /* What the forward pass keeps for backward, in the layer's scratch. */
 typedef struct {
-    double count;                 /* images x pixels the statistics are over */
-    double *mean, *invstd, *sums; /* [C], [C], [2C + 1] */
+    double *count;             /* images x pixels the statistics are over */
+    double *mean, *invstd;     /* [C] */
+    double *local, *global;    /* [2C]: this replica's sum dy, sum dy*xhat; the batch's means */
 } bn_saved;
 
 static bn_saved saved(const cfx_layer *L)
 {
     double *d = L->scratch;
-    return (bn_saved){d[0], d + 1, d + 1 + L->out_c, d + 1 + 2 * L->out_c};
+    const int C = L->out_c;
+    return (bn_saved){d, d + 1, d + 1 + C, d + 1 + 2 * C, d + 1 + 4 * C};
 }
 
 enum { BN_WEIGHT, BN_BIAS }; /* tensor indices when affine; the buffers follow */
+enum { BN_SUM_X, BN_SUM_SQ, BN_SUM_GRAD }; /* phases of batch sums */
 
 static int batchnorm_infer(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_error *err)
 {
@@ -104,58 +108,87 @@ static int batchnorm_infer(cfx_layer *L, const cfx_shape *in, int max_batch, cfx
     cfx_layer_add_tensor(L, "running_mean", CFX_TENSOR_BUFFER, CFX_INIT_ZERO, 1, &C);
     cfx_layer_add_tensor(L, "running_var", CFX_TENSOR_BUFFER, CFX_INIT_ONE, 1, &C);
     cfx_layer_add_tensor(L, "num_batches_tracked", CFX_TENSOR_COUNT, CFX_INIT_ZERO, 0, NULL);
-    L->scratch_bytes = (size_t)(1 + 4 * C + 1) * sizeof(double);
+    L->scratch_bytes = (size_t)(1 + 6 * C) * sizeof(double);
     L->out_c = C, L->out_h = in->h, L->out_w = in->w;
     return 0;
 }
 
-static void reduce(cfx_model *m, const cfx_layer *L, double *buf, int n)
+/* This replica's sums over its n images: of x and the pixel count, of
+ * (x - mean)^2, or of dy and dy * xhat. Training mode only. */
+static int batchnorm_sums(cfx_model *m, cfx_layer *L, int n, int phase, double *out)
 {
-    if (L->spec.sync && m->reduce)
-        m->reduce(m->reduce_ctx, buf, n);
+    if (!m->training)
+        return 0;
+    const int C = L->out_c;
+    const size_t NHW = (size_t)n * L->out_h * L->out_w;
+    const float *x = cfx_layer_input(m, L, 0);
+    bn_saved s = saved(L);
+    int count = 0;
+    if (phase == BN_SUM_X) {
+        cfx_batchnorm_sums(out, x, NULL, C, NHW);
+        out[C] = (double)NHW;
+        count = C + 1;
+    } else if (phase == BN_SUM_SQ) {
+        cfx_batchnorm_sums(out, x, s.mean, C, NHW);
+        count = C;
+    } else {
+        cfx_batchnorm_grad_sums(out, out + C, cfx_layer_dout(m, L), x, s.mean, s.invstd, C, NHW);
+        memcpy(s.local, out, 2 * (size_t)C * sizeof *out);
+        count = 2 * C;
+    }
+    return L->spec.sync ? count : -count;
 }
 
-/* Batch statistics (global unless sync=false) and the running averages. */
-static void batch_statistics(cfx_model *m, cfx_layer *L, const float *x, size_t NHW)
+/* Updates the running statistics (once per step: the model that owns the
+ * buffers) from the batch mean and biased variance over M values. */
+static void update_running(cfx_model *m, cfx_layer *L, const double *var, double M)
 {
-    const int C = L->out_c, t = L->spec.affine ? 2 : 0;
-    bn_saved s = saved(L);
-    cfx_batchnorm_sums(s.sums, x, NULL, C, NHW);
-    s.sums[C] = (double)NHW;
-    reduce(m, L, s.sums, C + 1);
-    double M = s.sums[C];
-    for (int c = 0; c < C; c++)
-        s.mean[c] = M > 0 ? s.sums[c] / M : 0.0;
-    cfx_batchnorm_sums(s.sums, x, s.mean, C, NHW);
-    reduce(m, L, s.sums, C);
+    const int t = L->spec.affine ? 2 : 0;
     float *rm = cfx_layer_tensor(m, L, t), *rv = cfx_layer_tensor(m, L, t + 1);
     const double mom = L->spec.momentum;
-    for (int c = 0; c < C; c++) {
-        double var = M > 0 ? s.sums[c] / M : 0.0;
-        s.invstd[c] = 1.0 / sqrt(var + L->spec.eps);
-        rm[c] = (float)((1.0 - mom) * rm[c] + mom * s.mean[c]);
-        rv[c] = (float)((1.0 - mom) * rv[c] + mom * (M > 1 ? var * M / (M - 1) : var));
+    const double *mean = saved(L).mean;
+    for (int c = 0; c < L->out_c; c++) {
+        rm[c] = (float)((1.0 - mom) * rm[c] + mom * mean[c]);
+        rv[c] = (float)((1.0 - mom) * rv[c] + mom * (M > 1 ? var[c] * M / (M - 1) : var[c]));
     }
     m->counts[L->tensors[t + 2].offset]++;
-    ((double *)L->scratch)[0] = M;
+}
+
+static void batchnorm_sums_done(cfx_model *m, cfx_layer *L, int phase, const double *total)
+{
+    const int C = L->out_c;
+    bn_saved s = saved(L);
+    if (phase == BN_SUM_X) {
+        *s.count = total[C];
+        for (int c = 0; c < C; c++)
+            s.mean[c] = *s.count > 0 ? total[c] / *s.count : 0.0;
+    } else if (phase == BN_SUM_SQ) {
+        double *var = s.global; /* free until backward */
+        for (int c = 0; c < C; c++) {
+            var[c] = *s.count > 0 ? total[c] / *s.count : 0.0;
+            s.invstd[c] = 1.0 / sqrt(var[c] + L->spec.eps);
+        }
+        if (m->owns_buffers)
+            update_running(m, L, var, *s.count);
+    } else {
+        for (int c = 0; c < 2 * C; c++)
+            s.global[c] = *s.count > 0 ? total[c] / *s.count : 0.0;
+    }
 }
 
 static void batchnorm_layer_forward(cfx_model *m, cfx_layer *L, int n)
 {
     const int C = L->out_c, t = L->spec.affine ? 2 : 0;
     const size_t NHW = (size_t)n * L->out_h * L->out_w;
-    const float *x = cfx_layer_input(m, L, 0);
     bn_saved s = saved(L);
-    if (m->training) {
-        batch_statistics(m, L, x, NHW);
-    } else {
+    if (!m->training) { /* the running statistics */
         const float *rm = cfx_layer_tensor(m, L, t), *rv = cfx_layer_tensor(m, L, t + 1);
         for (int c = 0; c < C; c++) {
             s.mean[c] = rm[c];
             s.invstd[c] = 1.0 / sqrt((double)rv[c] + L->spec.eps);
         }
-    }
-    cfx_batchnorm_apply(cfx_layer_output(m, L), x, s.mean, s.invstd,
+    } /* else the batch's, from sums_done */
+    cfx_batchnorm_apply(cfx_layer_output(m, L), cfx_layer_input(m, L, 0), s.mean, s.invstd,
                         L->spec.affine ? cfx_layer_tensor(m, L, BN_WEIGHT) : NULL,
                         L->spec.affine ? cfx_layer_tensor(m, L, BN_BIAS) : NULL, C, NHW);
 }
@@ -166,25 +199,19 @@ static void batchnorm_layer_backward(cfx_model *m, cfx_layer *L, int n, float *c
     const size_t NHW = (size_t)n * L->out_h * L->out_w;
     const float *x = cfx_layer_input(m, L, 0), *dy = cfx_layer_dout(m, L);
     bn_saved s = saved(L);
-    double *sdy = s.sums, *sdyx = s.sums + C;
-    cfx_batchnorm_grad_sums(sdy, sdyx, dy, x, s.mean, s.invstd, C, NHW);
-    if (L->spec.affine) {
+    if (!m->training) { /* constant statistics: only the local sums matter */
+        cfx_batchnorm_grad_sums(s.local, s.local + C, dy, x, s.mean, s.invstd, C, NHW);
+        memset(s.global, 0, 2 * (size_t)C * sizeof *s.global);
+    }
+    if (L->spec.affine) { /* this replica's part; the gradient reduction adds the rest */
         float *dw = cfx_layer_grad(m, L, BN_WEIGHT), *db = cfx_layer_grad(m, L, BN_BIAS);
         for (int c = 0; c < C; c++)
-            dw[c] = (float)sdyx[c], db[c] = (float)sdy[c];
+            dw[c] = (float)s.local[C + c], db[c] = (float)s.local[c];
     }
-    if (!din[0])
-        return;
-    if (m->training) {
-        reduce(m, L, s.sums, 2 * C); /* the global sums; the weight gradients stay local */
-        for (int c = 0; c < 2 * C; c++)
-            s.sums[c] = s.count > 0 ? s.sums[c] / s.count : 0.0;
-    } else {
-        memset(s.sums, 0, 2 * (size_t)C * sizeof *s.sums); /* constant statistics */
-    }
-    cfx_batchnorm_input_grad(din[0], dy, x, s.mean, s.invstd,
-                             L->spec.affine ? cfx_layer_tensor(m, L, BN_WEIGHT) : NULL, sdy, sdyx,
-                             C, NHW);
+    if (din[0])
+        cfx_batchnorm_input_grad(din[0], dy, x, s.mean, s.invstd,
+                                 L->spec.affine ? cfx_layer_tensor(m, L, BN_WEIGHT) : NULL,
+                                 s.global, s.global + C, C, NHW);
 }
 
 static int batchnorm_attrs(const cfx_layer *L, cfx_attr *a)
@@ -206,6 +233,10 @@ const cfx_layer_kind cfx_kind_batchnorm2d = {
     .n_options = sizeof batchnorm_options / sizeof batchnorm_options[0],
     .n_inputs = 1,
     .infer = batchnorm_infer,
+    .sums = batchnorm_sums,
+    .sums_done = batchnorm_sums_done,
+    .n_forward_sums = 2,
+    .n_backward_sums = 1,
     .forward = batchnorm_layer_forward,
     .backward = batchnorm_layer_backward,
     .flops = batchnorm_flops,

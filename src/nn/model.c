@@ -328,6 +328,7 @@ int cfx_model_create(cfx_model *m, const cfx_layer_spec *specs, int n_specs, int
     m->max_batch = max_batch;
     m->flags = flags;
     m->training = 1;
+    m->owns_buffers = 1;
     m->layers = cfx_calloc(CFX_MAX_MODEL_LAYERS, sizeof *m->layers);
     m->specs = cfx_malloc((size_t)n_specs * sizeof *specs);
     memcpy(m->specs, specs, (size_t)n_specs * sizeof *specs);
@@ -376,7 +377,8 @@ void cfx_model_free(cfx_model *m)
     free(m->dacts);
     free(m->layers);
     free(m->specs);
-    free(m->state);
+    if (!m->shares_state)
+        free(m->state);
     free(m->grads);
     free(m->col);
     free(m->dcol);
@@ -408,11 +410,40 @@ void cfx_model_init_params(cfx_model *m, uint64_t seed)
 
 void cfx_model_set_training(cfx_model *m, int training) { m->training = training != 0; }
 
+/* The largest number of doubles a layer's batch sums need. */
+static int sums_width(const cfx_model *m)
+{
+    int width = 1;
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i].kind->sums && CFX_MAX_SUMS(m->layers[i].out_c) > width)
+            width = CFX_MAX_SUMS(m->layers[i].out_c);
+    return width;
+}
+
+/* Phases [p0, p1) of layer L's batch sums in a single model: summed over
+ * ranks by m->reduce (unless the layer keeps them local). */
+static void batch_sums(cfx_model *m, cfx_layer *L, int n, int p0, int p1)
+{
+    if (!L->kind->sums)
+        return;
+    double *buf = cfx_malloc((size_t)sums_width(m) * sizeof *buf);
+    for (int p = p0; p < p1; p++) {
+        int k = L->kind->sums(m, L, n, p, buf);
+        if (k == 0)
+            continue;
+        if (k > 0 && m->reduce)
+            m->reduce(m->reduce_ctx, buf, k);
+        L->kind->sums_done(m, L, p, buf);
+    }
+    free(buf);
+}
+
 const float *cfx_model_forward(cfx_model *m, int n)
 {
     for (int i = 0; i < m->n_layers; i++) {
         cfx_layer *L = &m->layers[i];
         double t0 = cfx_now();
+        batch_sums(m, L, n, 0, L->kind->n_forward_sums);
         L->kind->forward(m, L, n);
         L->forward_seconds += cfx_now() - t0;
     }
@@ -425,24 +456,117 @@ static void add_into(float *restrict dst, const float *restrict src, size_t n)
         dst[i] += src[i];
 }
 
+/* Layer i's backward over n images, with its input gradients routed to
+ * scratch and added where a later reader already wrote them. */
+static void backward_layer(cfx_model *m, int i, int n)
+{
+    cfx_layer *L = &m->layers[i];
+    float *din[CFX_MAX_INPUTS] = {NULL, NULL};
+    for (int k = 0; k < L->n_inputs; k++) {
+        din[k] = m->dacts[L->input[k] + 1]; /* NULL for the input unless input_grad */
+        if (din[k] && L->din_add[k])
+            din[k] = m->dscratch[k];
+    }
+    L->kind->backward(m, L, n, din);
+    for (int k = 0; k < L->n_inputs; k++)
+        if (din[k] && L->din_add[k]) {
+            cfx_shape s = output_shape(m, L->input[k]);
+            add_into(m->dacts[L->input[k] + 1], din[k], (size_t)n * s.c * s.h * s.w);
+        }
+}
+
 void cfx_model_backward(cfx_model *m, int n)
 {
     for (int i = m->n_layers - 1; i >= 0; i--) {
         cfx_layer *L = &m->layers[i];
         double t0 = cfx_now();
-        float *din[CFX_MAX_INPUTS] = {NULL, NULL};
-        for (int k = 0; k < L->n_inputs; k++) {
-            din[k] = m->dacts[L->input[k] + 1]; /* NULL for the input unless input_grad */
-            if (din[k] && L->din_add[k])
-                din[k] = m->dscratch[k];
-        }
-        L->kind->backward(m, L, n, din);
-        for (int k = 0; k < L->n_inputs; k++)
-            if (din[k] && L->din_add[k]) {
-                cfx_shape s = output_shape(m, L->input[k]);
-                add_into(m->dacts[L->input[k] + 1], din[k], (size_t)n * s.c * s.h * s.w);
-            }
+        int p0 = L->kind->n_forward_sums;
+        batch_sums(m, L, n, p0, p0 + L->kind->n_backward_sums);
+        backward_layer(m, i, n);
         L->backward_seconds += cfx_now() - t0;
+    }
+}
+
+/* ---- replicas ------------------------------------------------------------ */
+
+int cfx_model_create_replica(cfx_model *rep, const cfx_model *master, int max_batch,
+                             cfx_error *err)
+{
+    if (cfx_model_create(rep, master->specs, master->n_specs, master->in_c, master->in_h,
+                         master->in_w, max_batch, master->flags, err) != 0)
+        return -1;
+    free(rep->state);
+    rep->state = master->state;
+    rep->params = master->params, rep->buffers = master->buffers, rep->counts = master->counts;
+    rep->shares_state = 1;
+    rep->owns_buffers = 0;
+    rep->training = master->training;
+    return 0;
+}
+
+/* Phases [p0, p1) of layer i's batch sums over the replicas: the rows of
+ * those with images are summed (over ranks too) by reduce. */
+static void replica_sums(cfx_model *const *reps, const int *counts, int n_reps, int i, int p0,
+                         int p1, cfx_reduce_rows_fn reduce, void *ctx)
+{
+    if (!reps[0]->layers[i].kind->sums)
+        return;
+    const int width = sums_width(reps[0]);
+    double *rows = cfx_malloc(((size_t)n_reps + 2) * width * sizeof *rows);
+    double *total = rows + (size_t)(n_reps + 1) * width;
+    for (int p = p0; p < p1; p++) {
+        int n_rows = 0, k = 0;
+        for (int r = 0; r < n_reps; r++) {
+            if (counts[r] == 0 && r > 0)
+                continue;
+            cfx_layer *L = &reps[r]->layers[i];
+            double *row = rows + (size_t)(counts[r] ? n_rows : n_reps) * width;
+            k = L->kind->sums(reps[r], L, counts[r], p, row); /* the same k for every replica */
+            n_rows += counts[r] > 0;
+        }
+        if (k == 0)
+            continue;
+        if (k > 0) {
+            for (int r = 1; r < n_rows; r++) /* rows of k, one after another */
+                memmove(rows + (size_t)r * k, rows + (size_t)r * width, (size_t)k * sizeof *rows);
+            reduce(ctx, rows, n_rows, k, total);
+        }
+        for (int r = 0, row = 0; r < n_reps; r++) {
+            if (k < 0 && counts[r] == 0)
+                continue; /* local statistics of no images */
+            cfx_layer *L = &reps[r]->layers[i];
+            L->kind->sums_done(reps[r], L, p, k > 0 ? total : rows + (size_t)row++ * width);
+        }
+    }
+    free(rows);
+}
+
+void cfx_replicas_forward(cfx_model *const *reps, const int *counts, int n_reps,
+                          cfx_reduce_rows_fn reduce, void *ctx)
+{
+    for (int i = 0; i < reps[0]->n_layers; i++) {
+        double t0 = cfx_now();
+        replica_sums(reps, counts, n_reps, i, 0, reps[0]->layers[i].kind->n_forward_sums,
+                     reduce, ctx);
+        for (int r = 0; r < n_reps; r++)
+            if (counts[r])
+                reps[r]->layers[i].kind->forward(reps[r], &reps[r]->layers[i], counts[r]);
+        reps[0]->layers[i].forward_seconds += cfx_now() - t0;
+    }
+}
+
+void cfx_replicas_backward(cfx_model *const *reps, const int *counts, int n_reps,
+                           cfx_reduce_rows_fn reduce, void *ctx)
+{
+    for (int i = reps[0]->n_layers - 1; i >= 0; i--) {
+        double t0 = cfx_now();
+        const cfx_layer_kind *kind = reps[0]->layers[i].kind;
+        replica_sums(reps, counts, n_reps, i, kind->n_forward_sums,
+                     kind->n_forward_sums + kind->n_backward_sums, reduce, ctx);
+        for (int r = 0; r < n_reps; r++)
+            if (counts[r])
+                backward_layer(reps[r], i, counts[r]);
+        reps[0]->layers[i].backward_seconds += cfx_now() - t0;
     }
 }
 

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "cfx/checkpoint.h" /* defines: cfx_checkpoint_write/read, cfx_metrics_append */
+#include "cfx/exact_sum.h"  /* defines: cfx_exact, cfx_exact_sum, cfx_exact_sum_double */
 #include "cfx/optim.h"      /* defines: cfx_optim */
 #include "cfx/rng.h"        /* defines: cfx_rng, cfx_shuffle, cfx_hash3 */
 #include "cfx/train.h"      /* defines: cfx_train, cfx_evaluate, cfx_phase_times */
@@ -303,6 +304,12 @@ typedef struct {
     int stopped;     /* a stop signal was seen by every rank */
     fault_plan fault;
     cfx_phase_times pt;
+    /* dist.reduction = exact: one replica per chunk a rank may own, and the sums */
+    int exact_mode, n_reps, max_terms;
+    cfx_model *reps;
+    cfx_model **rep_ptrs;
+    int *rep_counts;
+    cfx_exact exact;
     double epoch_start, reduce_before;
     double loss_sum, correct; /* of the current epoch so far */
 } trainer;
@@ -315,6 +322,43 @@ static int all_ok(int ok, cfx_error *err)
     if (ok)
         err->msg[0] = '\0'; /* another rank failed and reports why */
     return 0;
+}
+
+/* BatchNorm's batch sums of the replicas of every rank, exactly. */
+static void reduce_rows_exact(void *ctx, const double *rows, int n_rows, int n, double *total)
+{
+    trainer *t = ctx;
+    if (cfx_exact_sum_double(&t->exact, rows, n_rows, n, t->max_terms, total) != CFX_EXACT_OK)
+        for (int i = 0; i < n; i++)
+            total[i] = NAN; /* a non-finite statistic: the gradients will say so */
+}
+
+/* dist.reduction = exact: a replica for each chunk this rank may own in a
+ * step, sharing the model's state, and the fixed-point sum of gradients
+ * with one scale per parameter tensor. */
+static int setup_replicas(trainer *t, cfx_error *err)
+{
+    const cfx_model *m = &t->model;
+    t->reps = cfx_calloc((size_t)t->n_reps, sizeof *t->reps);
+    t->rep_ptrs = cfx_calloc((size_t)t->n_reps, sizeof *t->rep_ptrs);
+    t->rep_counts = cfx_calloc((size_t)t->n_reps, sizeof *t->rep_counts);
+    for (int r = 0; r < t->n_reps; r++) {
+        if (cfx_model_create_replica(&t->reps[r], m, t->cfg->chunk, err) != 0)
+            return -1;
+        t->rep_ptrs[r] = &t->reps[r];
+    }
+    t->reps[0].owns_buffers = 1; /* the running statistics move once per step */
+    int n_tensors = 0, n_segs = 0;
+    for (int i = 0; i < m->n_layers; i++)
+        n_tensors += m->layers[i].n_tensors;
+    size_t *seg = cfx_malloc(((size_t)n_tensors + 1) * sizeof *seg);
+    for (int i = 0; i < m->n_layers; i++)
+        for (int k = 0; k < m->layers[i].n_tensors; k++)
+            if (m->layers[i].tensors[k].store == CFX_TENSOR_PARAM)
+                seg[n_segs++] = m->layers[i].tensors[k].count;
+    int rc = cfx_exact_create(&t->exact, m->n_params, seg, n_segs, err);
+    free(seg);
+    return rc;
 }
 
 /* Data, split, model, optimizer and run files: identical on every rank, and
@@ -330,7 +374,11 @@ static int trainer_setup(trainer *t, cfx_error *err)
                       "data.train_limit: %d training images for %d ranks (need at least "
                       "one per rank)",
                       t->split.n_train, t->d->size) == 0;
-    t->local_max = (cfg->batch_size + t->d->size - 1) / t->d->size;
+    t->exact_mode = strcmp(cfg->reduction, "exact") == 0;
+    t->max_terms = (cfg->batch_size + cfg->chunk - 1) / cfg->chunk; /* chunks of a full batch */
+    t->n_reps = (t->max_terms + t->d->size - 1) / t->d->size;
+    t->local_max = t->exact_mode ? t->n_reps * cfg->chunk
+                                 : (cfg->batch_size + t->d->size - 1) / t->d->size;
     int max_batch = cfg->eval_batch_size > t->local_max ? cfg->eval_batch_size : t->local_max;
     ok = ok && cfx_model_create(&t->model, cfg->layers, cfg->n_layers, CFX_IMAGE_CHANNELS,
                                 CFX_IMAGE_SIZE, CFX_IMAGE_SIZE, max_batch, 0, err) == 0;
@@ -338,6 +386,7 @@ static int trainer_setup(trainer *t, cfx_error *err)
         ok = cfx_fail(err, "model.layers: the last layer has %d outputs, CIFAR-10 has %d classes",
                       t->model.n_classes, CFX_NUM_CLASSES) == 0;
     ok = ok && cfx_optim_create(&t->optim, cfg, t->model.n_params, err) == 0;
+    ok = ok && (!t->exact_mode || setup_replicas(t, err) == 0);
     if (ok && t->root)
         ok =
             run_files_init(&t->files, cfg, t->d, t->opt->config_text, cfx_blas_threads(), err) == 0;
@@ -488,6 +537,99 @@ static int train_step(trainer *t, int epoch, int step, cfx_error *err)
     return 0;
 }
 
+/* The parameter tensor of segment seg of the exact sum ("3.weight"). */
+static void param_key(const cfx_model *m, int seg, char *buf, size_t len)
+{
+    for (int i = 0; i < m->n_layers; i++)
+        for (int k = 0; k < m->layers[i].n_tensors; k++)
+            if (m->layers[i].tensors[k].store == CFX_TENSOR_PARAM && seg-- == 0) {
+                snprintf(buf, len, "%s.%s", m->layers[i].key, m->layers[i].tensors[k].suffix);
+                return;
+            }
+    snprintf(buf, len, "?");
+}
+
+/* The chunks of global batch `step` this rank owns, each in a replica: its
+ * images, their labels, and counts (0 for replicas without a chunk). */
+static int fill_chunks(trainer *t, int epoch, int step, int glen)
+{
+    const int B = t->cfg->batch_size, cs = t->cfg->chunk;
+    int first, n_chunks;
+    cfx_dist_slice((glen + cs - 1) / cs, t->d->rank, t->d->size, &first, &n_chunks);
+    cfx_augment aug = {t->cfg->augment, t->cfg->seed, epoch};
+    for (int r = 0; r < t->n_reps; r++) {
+        int start = (first + r) * cs, count = r < n_chunks ? glen - start : 0;
+        t->rep_counts[r] = count < cs ? count : cs;
+        if (t->rep_counts[r] > 0)
+            cfx_batch_fill(t->reps[r].acts[0], t->labels + (size_t)r * cs, &t->train_ds,
+                           t->perm + (size_t)step * B + start, t->rep_counts[r], &aug);
+    }
+    return n_chunks;
+}
+
+/* One optimizer step with dist.reduction = exact: each chunk's gradient in
+ * its own replica, then every sum over the batch (gradients, loss, correct
+ * predictions) in int64 fixed point, the same bits for any rank count. */
+static int train_step_exact(trainer *t, int epoch, int step, cfx_error *err)
+{
+    const int B = t->cfg->batch_size, n_train = t->split.n_train, cs = t->cfg->chunk;
+    int glen = n_train - step * B < B ? n_train - step * B : B;
+    double t0 = cfx_now(), exact_before = t->exact.seconds;
+    int n_chunks = fill_chunks(t, epoch, step, glen);
+    t->pt.data += cfx_now() - t0;
+    t0 = cfx_now();
+    cfx_replicas_forward(t->rep_ptrs, t->rep_counts, t->n_reps, reduce_rows_exact, t);
+    double *stats = cfx_calloc(2 * ((size_t)t->n_reps + 1), sizeof *stats);
+    for (int r = 0; r < n_chunks; r++) {
+        cfx_model *m = &t->reps[r];
+        long correct = 0;
+        cfx_softmax_xent(m->acts[m->n_layers], t->labels + (size_t)r * cs, t->rep_counts[r],
+                         m->n_classes, 1.0f / (float)glen, m->dacts[m->n_layers], &stats[2 * r],
+                         &correct);
+        stats[2 * r + 1] = (double)correct;
+    }
+    t->pt.forward += cfx_now() - t0;
+    t0 = cfx_now();
+    cfx_replicas_backward(t->rep_ptrs, t->rep_counts, t->n_reps, reduce_rows_exact, t);
+    t->pt.backward += cfx_now() - t0;
+    t0 = cfx_now();
+    int flags[2] = {stop_requested != 0, t->root_failed};
+    cfx_dist_allreduce_max_int(flags, 2);
+    const float **g = cfx_malloc((size_t)t->n_reps * sizeof *g);
+    for (int r = 0; r < n_chunks; r++)
+        g[r] = t->reps[r].grads;
+    int status = cfx_exact_sum(&t->exact, g, n_chunks, t->max_terms, t->model.grads);
+    int bad = t->exact.bad_segment;
+    double sums[2] = {0.0, 0.0};
+    int stat_status = cfx_exact_sum_double(&t->exact, stats, n_chunks, 2, t->max_terms, sums);
+    free((void *)g);
+    free(stats);
+    t->pt.allreduce += cfx_now() - t0;
+    t->d->allreduce_seconds += t->exact.seconds - exact_before;
+    if (flags[1]) {
+        if (!t->root)
+            err->msg[0] = '\0'; /* rank 0 failed and reports why */
+        return -1;
+    }
+    if (stat_status != CFX_EXACT_OK || !isfinite(sums[0]))
+        return cfx_fail(err, "training diverged at epoch %d, step %d: the loss is not finite; "
+                             "the last good checkpoint is kept", epoch, step + 1);
+    if (status != CFX_EXACT_OK) {
+        char key[2 * CFX_NAME_LEN];
+        param_key(&t->model, bad, key, sizeof key);
+        return cfx_fail(err, "training diverged at epoch %d, step %d: the gradient of %s is not "
+                             "finite; the last good checkpoint is kept", epoch, step + 1, key);
+    }
+    t->loss_sum += sums[0];
+    t->correct += sums[1];
+    t0 = cfx_now();
+    cfx_optim_step(&t->optim, t->model.params, t->model.grads);
+    t->pt.optimizer += cfx_now() - t0;
+    t->state.global_step++;
+    t->stopped = flags[0];
+    return 0;
+}
+
 /* The epoch's permutation of the training split. */
 static void shuffle_epoch(trainer *t, int epoch)
 {
@@ -510,8 +652,10 @@ static int train_epoch(trainer *t, int epoch, cfx_error *err)
     t->state.step_in_epoch = 0;
     shuffle_epoch(t, epoch);
     cfx_model_set_training(&t->model, 1);
+    for (int r = 0; r < t->n_reps && t->reps; r++)
+        cfx_model_set_training(&t->reps[r], 1);
     for (int step = first_step; step < t->steps_per_epoch; step++) {
-        if (train_step(t, epoch, step, err) != 0)
+        if ((t->exact_mode ? train_step_exact : train_step)(t, epoch, step, err) != 0)
             return -1;
         if (t->bar.on) {
             long done = (long)(step + 1) * B < n_train ? (long)(step + 1) * B : n_train;
@@ -657,6 +801,12 @@ static void trainer_free(trainer *t)
     if (t->root)
         free(t->files.layers);
     cfx_optim_free(&t->optim);
+    for (int r = 0; r < t->n_reps && t->reps; r++)
+        cfx_model_free(&t->reps[r]);
+    free(t->reps);
+    free(t->rep_ptrs);
+    free(t->rep_counts);
+    cfx_exact_free(&t->exact);
     cfx_model_free(&t->model);
     cfx_split_free(&t->split);
     cfx_dataset_close(&t->train_ds);
