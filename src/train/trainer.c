@@ -537,6 +537,31 @@ static int train_step(trainer *t, int epoch, int step, cfx_error *err)
     return 0;
 }
 
+/* Loss and accuracy over ds[indices[0..n)] by all ranks. Exact reduction:
+ * ranks own whole chunks of eval_batch_size images, each one forward pass of
+ * exactly those images, and the sums are exact, so the metrics are the same
+ * bits for any rank count. */
+static cfx_eval_result evaluate_all(trainer *t, const cfx_dataset *ds, const int *indices, int n)
+{
+    if (!t->exact_mode)
+        return evaluate_shared(&t->model, ds, indices, n, t->d);
+    const int cs = t->cfg->eval_batch_size, n_chunks = (n + cs - 1) / cs;
+    int first, count;
+    cfx_dist_slice(n_chunks, t->d->rank, t->d->size, &first, &count);
+    double *rows = cfx_calloc(2 * ((size_t)count + 1), sizeof *rows), sums[2] = {0.0, 0.0};
+    for (int c = 0; c < count; c++) {
+        int start = (first + c) * cs, len = n - start < cs ? n - start : cs;
+        cfx_eval_result part;
+        cfx_evaluate(&t->model, ds, indices + start, len, &part, NULL, NULL);
+        rows[2 * c] = part.loss * len;
+        rows[2 * c + 1] = (double)llround(part.accuracy * len);
+    }
+    cfx_exact_sum_double(&t->exact, rows, count, 2, n_chunks > 0 ? n_chunks : 1, sums);
+    free(rows);
+    return (cfx_eval_result){
+        .n = n, .loss = n ? sums[0] / n : 0.0, .accuracy = n ? sums[1] / n : 0.0};
+}
+
 /* The parameter tensor of segment seg of the exact sum ("3.weight"). */
 static void param_key(const cfx_model *m, int seg, char *buf, size_t len)
 {
@@ -611,14 +636,16 @@ static int train_step_exact(trainer *t, int epoch, int step, cfx_error *err)
             err->msg[0] = '\0'; /* rank 0 failed and reports why */
         return -1;
     }
-    if (stat_status != CFX_EXACT_OK || !isfinite(sums[0]))
-        return cfx_fail(err, "training diverged at epoch %d, step %d: the loss is not finite; "
-                             "the last good checkpoint is kept", epoch, step + 1);
+    if (stat_status != CFX_EXACT_OK)
+        sums[0] = NAN; /* a non-finite loss of some chunk */
+    if (!isfinite(sums[0]))
+        return cfx_fail(err, "training diverged at epoch %d, step %d: the loss is %g; the last "
+                             "good checkpoint is kept", epoch, step + 1, sums[0]);
     if (status != CFX_EXACT_OK) {
         char key[2 * CFX_NAME_LEN];
         param_key(&t->model, bad, key, sizeof key);
-        return cfx_fail(err, "training diverged at epoch %d, step %d: the gradient of %s is not "
-                             "finite; the last good checkpoint is kept", epoch, step + 1, key);
+        return cfx_fail(err, "training diverged at epoch %d, step %d: a gradient is not finite "
+                             "(in %s); the last good checkpoint is kept", epoch, step + 1, key);
     }
     t->loss_sum += sums[0];
     t->correct += sums[1];
@@ -741,7 +768,7 @@ static void end_epoch(trainer *t, int epoch, int first_step, cfx_error *err)
     size_t param_bytes = m->n_params * sizeof(float);
     cfx_dist_bcast((char *)m->state + param_bytes, m->state_bytes - param_bytes);
     double t0 = cfx_now();
-    cfx_eval_result val = evaluate_shared(m, &t->train_ds, t->split.val, t->split.n_val, t->d);
+    cfx_eval_result val = evaluate_all(t, &t->train_ds, t->split.val, t->split.n_val);
     t->pt.validation = cfx_now() - t0;
     if (t->root && !t->root_failed)
         record_epoch(t, epoch, images > 0 ? images : 0, train_seconds, val, err);
@@ -777,7 +804,7 @@ static int finish_test(trainer *t, cfx_error *err)
     int *all = cfx_malloc((size_t)t->test_ds.n * sizeof *all);
     for (int i = 0; i < t->test_ds.n; i++)
         all[i] = i;
-    cfx_eval_result test = evaluate_shared(m, &t->test_ds, all, t->test_ds.n, t->d);
+    cfx_eval_result test = evaluate_all(t, &t->test_ds, all, t->test_ds.n);
     free(all);
     if (t->root) {
         if (cfx_metrics_set_test(t->files.metrics_h5, test.loss, test.accuracy, err) != 0)

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Bitwise the same model for any rank count (dist.reduction = exact):
+#   ranks   4 epochs on 1,000 images (64 steps of 64, the last one of each
+#           epoch partial) with 1, 2, 3 and 4 ranks end with bitwise equal
+#           weights, buffers and optimizer state (/model, /optimizer), and
+#           the same metrics log;
+#   resume  a run stopped mid-epoch on 2 ranks and resumed on 3, and one
+#           resumed on 1, end bitwise equal to the uninterrupted run.
+# The float reduction (dist.reduction = float) is shown to differ, so the
+# comparison can fail.
+#
+# usage: exact_ranks_test.sh MODE CFX_TRAIN CONFIG DATA_DIR WORK_DIR -- MPIEXEC ARGS...
+set -euo pipefail
+mode=$1 train=$2 config=$3 data=$4 work=$5
+shift 6
+mpiexec=("$@")
+rm -rf "$work"
+mkdir -p "$work"
+
+run() { # run NP OUTPUT_DIR [extra args...]
+    local np=$1 out=$2
+    shift 2
+    "${mpiexec[@]}" "$np" "$train" --config "$config" --quiet --set data.dir="$data" \
+        --set output.dir="$out" --set train.epochs=4 --set data.train_limit=1000 \
+        --set data.val_limit=200 --set runtime.blas_threads=1 "$@"
+}
+
+same() { # same A_DIR B_DIR WHAT: 0 if /model and /optimizer of last.h5 are bitwise equal
+    h5diff "$1/checkpoints/last.h5" "$2/checkpoints/last.h5" /model /model > /dev/null &&
+        h5diff "$1/checkpoints/last.h5" "$2/checkpoints/last.h5" /optimizer /optimizer > /dev/null
+}
+
+expect_same() {
+    if ! same "$1" "$2"; then
+        echo "FAIL: $3: the model or optimizer state differs from 1 rank's"
+        h5diff -r "$1/checkpoints/last.h5" "$2/checkpoints/last.h5" /model /model | head -4
+        exit 1
+    fi
+    echo "ok: $3: bitwise equal to 1 rank"
+}
+
+run 1 "$work/np1"
+case $mode in
+ranks)
+    for np in 2 3 4; do
+        run "$np" "$work/np$np"
+        expect_same "$work/np1" "$work/np$np" "$np ranks"
+        cmp -s <(cut -d, -f1-5 "$work/np1/logs/metrics.csv") \
+            <(cut -d, -f1-5 "$work/np$np/logs/metrics.csv") ||
+            { echo "FAIL: $np ranks: the metrics differ"; exit 1; }
+    done
+    run 2 "$work/float2" --set dist.reduction=float
+    if same "$work/np1" "$work/float2"; then
+        echo "FAIL: the float reduction on 2 ranks gave 1 rank's exact bits: the check is vacuous"
+        exit 1
+    fi
+    echo "ok: the float reduction on 2 ranks differs, as expected"
+    ;;
+resume)
+    for to in 3 1; do
+        set +e
+        CFX_FAULT_STEP=37 run 2 "$work/stop$to" # epoch 3, step 5 of 16
+        code=$?
+        set -e
+        [ "$code" -eq 3 ] || { echo "FAIL: the stopped run exited with $code, expected 3"; exit 1; }
+        run "$to" "$work/stop$to" --resume "$work/stop$to/checkpoints/last.h5"
+        expect_same "$work/np1" "$work/stop$to" "stopped on 2 ranks, resumed on $to"
+        epochs=$(tail -n +2 "$work/stop$to/logs/metrics.csv" | cut -d, -f1 | tr '\n' ' ')
+        [ "$epochs" = "1 2 3 4 " ] || { echo "FAIL: metrics epochs '$epochs'"; exit 1; }
+    done
+    ;;
+esac
