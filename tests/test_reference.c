@@ -375,6 +375,86 @@ static void test_residual_matches_torch(void **state)
     fixture_free(&fx);
 }
 
+/* Sums rows in one process (what the MPI reduction does across ranks). */
+static void sum_rows(void *ctx, const double *rows, int n_rows, int n, double *total)
+{
+    (void)ctx;
+    for (int i = 0; i < n; i++) {
+        total[i] = 0.0;
+        for (int r = 0; r < n_rows; r++)
+            total[i] += rows[(size_t)r * n + i];
+    }
+}
+
+/* The same network in replicas of 1 and 3 images (the chunks of the exact
+ * reduction), layer by layer: BatchNorm's statistics are those of all 4
+ * images, so logits, the summed gradients and the running statistics equal
+ * torch's for the whole batch. */
+static void test_replicas_match_torch(void **state)
+{
+    (void)state;
+    fixture fx;
+    fixture_load(&fx, "residual.bin");
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n_specs = 0;
+    cfx_error err;
+    cfx_model m, rep[2];
+    if (cfx_parse_layers(RESIDUAL_LAYERS, specs, &n_specs, &err) != 0 ||
+        cfx_model_create(&m, specs, n_specs, 3, 16, 16, 4, 0, &err) != 0 ||
+        cfx_model_create_replica(&rep[0], &m, 3, &err) != 0 ||
+        cfx_model_create_replica(&rep[1], &m, 3, &err) != 0)
+        fail_msg("%s", err.msg);
+    rep[0].owns_buffers = 1;
+    load_state(&m, &fx, "");
+    const int N = 4, C = 3, HW = 16 * 16, counts[3] = {1, 3, 0};
+    float *x = malloc((size_t)N * C * HW * sizeof *x);
+    nchw_to_cnhw(x, fixture_get(&fx, "input", (size_t)N * C * HW)->data, N, C, HW, 1);
+    for (int r = 0, n0 = 0; r < 2; n0 += counts[r++]) /* images [n0, n0 + count) */
+        for (int c = 0; c < C; c++)
+            memcpy(rep[r].acts[0] + (size_t)c * counts[r] * HW, x + ((size_t)c * N + n0) * HW,
+                   (size_t)counts[r] * HW * sizeof *x);
+    const fix_tensor *lab = fixture_get(&fx, "labels", (size_t)N);
+    cfx_model *reps[2] = {&rep[0], &rep[1]};
+    cfx_replicas_forward(reps, counts, 2, sum_rows, NULL);
+    float logits[40], *want = fixture_get(&fx, "train.logits", 40)->data;
+    for (int r = 0, n0 = 0; r < 2; n0 += counts[r++]) {
+        memcpy(logits + n0 * 10, rep[r].acts[rep[r].n_layers], (size_t)counts[r] * 10 * 4);
+        int labels[3];
+        for (int i = 0; i < counts[r]; i++)
+            labels[i] = (int)lab->data[n0 + i];
+        double loss = 0.0;
+        long correct = 0;
+        cfx_softmax_xent(rep[r].acts[rep[r].n_layers], labels, counts[r], 10, 1.0f / N,
+                         rep[r].dacts[rep[r].n_layers], &loss, &correct);
+    }
+    printf("residual network in replicas of 1 and 3 images vs torch:\n");
+    check_close("train.logits", logits, want, 40, MODEL_TOL);
+    cfx_replicas_backward(reps, counts, 2, sum_rows, NULL);
+    for (int i = 0; i < m.n_layers; i++)
+        for (int t = 0; t < m.layers[i].n_tensors; t++) {
+            const cfx_layer *L = &m.layers[i];
+            const cfx_tensor *T = &L->tensors[t];
+            char name[160];
+            if (T->store == CFX_TENSOR_PARAM) {
+                float *g = malloc(T->count * sizeof *g);
+                for (size_t j = 0; j < T->count; j++)
+                    g[j] = rep[0].grads[T->offset + j] + rep[1].grads[T->offset + j];
+                snprintf(name, sizeof name, "train.grad.%s.%s", L->key, T->suffix);
+                check_close(name, g, fixture_get(&fx, name, T->count)->data, T->count, MODEL_TOL);
+                free(g);
+            } else if (T->store == CFX_TENSOR_BUFFER) { /* updated once, by rep[0] */
+                snprintf(name, sizeof name, "train.after.%s.%s", L->key, T->suffix);
+                check_close(name, cfx_layer_tensor(&m, L, t),
+                            fixture_get(&fx, name, T->count)->data, T->count, MODEL_TOL);
+            }
+        }
+    free(x);
+    cfx_model_free(&rep[1]);
+    cfx_model_free(&rep[0]);
+    cfx_model_free(&m);
+    fixture_free(&fx);
+}
+
 /* ---- optimizers ------------------------------------------------------------ */
 
 #define OPT_STEPS 5
@@ -530,6 +610,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seed_cnn_matches_torch),
         cmocka_unit_test(test_residual_matches_torch),
+        cmocka_unit_test(test_replicas_match_torch),
         cmocka_unit_test(test_adam_matches_torch),
         cmocka_unit_test(test_sgd_matches_torch),
         cmocka_unit_test(test_init_distribution),
