@@ -301,6 +301,14 @@ static inline float *cfx_layer_grad(const cfx_model *m, const cfx_layer *L, int 
 int cfx_layer_add_tensor(cfx_layer *L, const char *suffix, cfx_tensor_store store,
                          cfx_tensor_init init, int rank, const int *dims);
 
+/* infer of elementwise layers (relu, gelu): the output has the input's shape. */
+int cfx_layer_same_shape(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_error *err);
+/* Floats of L's output for n images. */
+static inline size_t cfx_layer_out_size(const cfx_layer *L, int n)
+{
+    return (size_t)n * L->out_c * L->out_h * L->out_w;
+}
+
 /* The spatial shape check shared by types that need one: fails if the
  * input is flat. */
 int cfx_layer_need_spatial(const cfx_shape *in, const char *kind_name, cfx_error *err);

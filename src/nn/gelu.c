@@ -23,27 +23,15 @@ void cfx_gelu_backward(float *din, const float *dout, const float *in, size_t n)
 
 /* ---- the layer: gelu -------------------------------------------------------- */
 
-static int gelu_infer(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_error *err)
-{
-    (void)max_batch, (void)err;
-    L->out_c = in->c, L->out_h = in->h, L->out_w = in->w, L->flat_out = in->flat;
-    return 0;
-}
-
-static size_t layer_size(const cfx_layer *L, int n)
-{
-    return (size_t)n * L->out_c * L->out_h * L->out_w;
-}
-
 static void gelu_layer_forward(cfx_model *m, cfx_layer *L, int n)
 {
-    cfx_gelu_forward(cfx_layer_output(m, L), cfx_layer_input(m, L, 0), layer_size(L, n));
+    cfx_gelu_forward(cfx_layer_output(m, L), cfx_layer_input(m, L, 0), cfx_layer_out_size(L, n));
 }
 
 static void gelu_layer_backward(cfx_model *m, cfx_layer *L, int n, float *const *din)
 {
     if (din[0])
-        cfx_gelu_backward(din[0], cfx_layer_dout(m, L), cfx_layer_input(m, L, 0), layer_size(L, n));
+        cfx_gelu_backward(din[0], cfx_layer_dout(m, L), cfx_layer_input(m, L, 0), cfx_layer_out_size(L, n));
 }
 
 const cfx_layer_kind cfx_kind_gelu = {
@@ -51,7 +39,7 @@ const cfx_layer_kind cfx_kind_gelu = {
     .torch_name = "GELU",
     .help = "GELU, exact erf form",
     .n_inputs = 1,
-    .infer = gelu_infer,
+    .infer = cfx_layer_same_shape,
     .forward = gelu_layer_forward,
     .backward = gelu_layer_backward,
 };

@@ -29,6 +29,13 @@ int cfx_layer_add_tensor(cfx_layer *L, const char *suffix, cfx_tensor_store stor
     return L->n_tensors++;
 }
 
+int cfx_layer_same_shape(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_error *err)
+{
+    (void)max_batch, (void)err;
+    L->out_c = in->c, L->out_h = in->h, L->out_w = in->w, L->flat_out = in->flat;
+    return 0;
+}
+
 int cfx_layer_need_spatial(const cfx_shape *in, const char *kind_name, cfx_error *err)
 {
     if (in->flat)
