@@ -31,7 +31,7 @@
 static int simulate(const size_t *seg_len, int n_segs, size_t n, const float *const *chunks,
                     const int *owner, int k, int n_ranks, int max_terms, int rev, float *out)
 {
-    cfx_exact x[MAX_RANKS];
+    cfx_exact x[MAX_RANKS] = {0};
     const float **mine = malloc((size_t)(k + 1) * sizeof *mine);
     for (int r = 0; r < n_ranks; r++) {
         assert_int_equal(cfx_exact_create(&x[r], n, seg_len, n_segs, NULL), 0);
