@@ -3,7 +3,7 @@
 #   ranks   4 epochs on 1,000 images (64 steps of 64, the last one of each
 #           epoch partial) with 1, 2, 3 and 4 ranks end with bitwise equal
 #           weights, buffers and optimizer state (/model, /optimizer), and
-#           the same metrics log;
+#           the same metrics log and test metrics (on 500 test images);
 #   resume  a run stopped mid-epoch on 2 ranks and resumed on 3, and one
 #           resumed on 1, end bitwise equal to the uninterrupted run.
 # The float reduction (dist.reduction = float) is shown to differ, so the
@@ -22,7 +22,7 @@ run() { # run NP OUTPUT_DIR [extra args...]
     shift 2
     "${mpiexec[@]}" "$np" "$train" --config "$config" --quiet --set data.dir="$data" \
         --set output.dir="$out" --set train.epochs=4 --set data.train_limit=1000 \
-        --set data.val_limit=200 --set runtime.blas_threads=1 "$@"
+        --set data.val_limit=200 --set data.test_limit=500 --set runtime.blas_threads=1 "$@"
 }
 
 same() { # same A_DIR B_DIR WHAT: 0 if /model and /optimizer of last.h5 are bitwise equal
@@ -48,6 +48,11 @@ ranks)
         cmp -s <(cut -d, -f1-5 "$work/np1/logs/metrics.csv") \
             <(cut -d, -f1-5 "$work/np$np/logs/metrics.csv") ||
             { echo "FAIL: $np ranks: the metrics differ"; exit 1; }
+        for a in test_loss test_accuracy; do
+            cmp -s <(h5dump -a "$a" "$work/np1/logs/metrics.h5" | grep '(0)') \
+                <(h5dump -a "$a" "$work/np$np/logs/metrics.h5" | grep '(0)') ||
+                { echo "FAIL: $np ranks: $a differs"; exit 1; }
+        done
     done
     run 2 "$work/float2" --set dist.reduction=float
     if same "$work/np1" "$work/float2"; then

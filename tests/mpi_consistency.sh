@@ -25,7 +25,7 @@ mkdir -p "$work"
 for n in "${ranks[@]}"; do
     "${mpiexec[@]}" "$n" "$train" --config "$config" --quiet \
         --set data.dir="$data" --set output.dir="$work/np$n" \
-        --set train.epochs=2 --set data.train_limit="$limit" --set data.val_limit=200 \
+        --set train.epochs=2 --set data.train_limit="$limit" --set data.val_limit=200 --set data.test_limit=500 \
         --set runtime.blas_threads=1 "${extra[@]}"
     lines=$(wc -l < "$work/np$n/logs/metrics.csv")
     if [ "$lines" -ne 3 ]; then

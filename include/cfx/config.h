@@ -18,6 +18,7 @@ typedef struct {
     char data_dir[CFX_PATH_LEN];
     long train_limit;  /* first K images of the 45k split, 0 = all */
     long val_limit;    /* first K images of the 5k split, 0 = all */
+    long test_limit;   /* first K test images for the final test pass, 0 = all */
     long val_size;     /* images held out of the 50k for validation */
     uint64_t split_seed;
     int augment;       /* random crop + flip on training images */

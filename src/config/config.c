@@ -33,6 +33,8 @@ static const key_def KEYS[] = {
      "use only the first K images of the training split (0 = all)"},
     {"data", "val_limit", KEY_LONG, FIELD(val_limit), 0, 1e9, NULL, "0",
      "use only the first K images of the validation split (0 = all)"},
+    {"data", "test_limit", KEY_LONG, FIELD(test_limit), 0, 1e9, NULL, "0",
+     "test only on the first K test images at the end of training (0 = all 10,000)"},
     {"data", "val_size", KEY_LONG, FIELD(val_size), 1, 49999, NULL, "5000",
      "images of the 50,000 held out for validation"},
     {"data", "split_seed", KEY_U64, FIELD(split_seed), 0, 0, NULL, "42",

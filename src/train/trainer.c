@@ -801,10 +801,13 @@ static int finish_test(trainer *t, cfx_error *err)
     int ok = cfx_cifar10_open_test(&t->test_ds, t->cfg->data_dir, err) == 0;
     if (!all_ok(ok, err))
         return -1;
-    int *all = cfx_malloc((size_t)t->test_ds.n * sizeof *all);
-    for (int i = 0; i < t->test_ds.n; i++)
+    int n_test = t->test_ds.n;
+    if (t->cfg->test_limit > 0 && t->cfg->test_limit < n_test)
+        n_test = (int)t->cfg->test_limit;
+    int *all = cfx_malloc((size_t)n_test * sizeof *all);
+    for (int i = 0; i < n_test; i++)
         all[i] = i;
-    cfx_eval_result test = evaluate_all(t, &t->test_ds, all, t->test_ds.n);
+    cfx_eval_result test = evaluate_all(t, &t->test_ds, all, n_test);
     free(all);
     if (t->root) {
         if (cfx_metrics_set_test(t->files.metrics_h5, test.loss, test.accuracy, err) != 0)
