@@ -455,6 +455,30 @@ static void test_replicas_match_torch(void **state)
     fixture_free(&fx);
 }
 
+/* ---- label smoothing --------------------------------------------------------- */
+
+static void test_label_smoothing_matches_torch(void **state)
+{
+    (void)state;
+    fixture fx;
+    fixture_load(&fx, "loss.bin");
+    const int N = 6, K = 10;
+    const float *z = fixture_get(&fx, "logits", (size_t)N * K)->data;
+    const fix_tensor *lab = fixture_get(&fx, "labels", (size_t)N);
+    int labels[6];
+    for (int n = 0; n < N; n++)
+        labels[n] = (int)lab->data[n];
+    float d[60];
+    double loss_sum = 0.0;
+    long correct = 0;
+    cfx_softmax_xent_smooth(z, labels, N, K, 0.2, 1.0f / N, d, &loss_sum, &correct);
+    float loss = (float)(loss_sum / N);
+    printf("label smoothing 0.2 vs torch:\n");
+    check_close("loss", &loss, fixture_get(&fx, "loss", 1)->data, 1, 1e-6);
+    check_close("grad", d, fixture_get(&fx, "grad", (size_t)N * K)->data, (size_t)N * K, 1e-6);
+    fixture_free(&fx);
+}
+
 /* ---- optimizers ------------------------------------------------------------ */
 
 #define OPT_STEPS 5
@@ -611,6 +635,7 @@ int main(void)
         cmocka_unit_test(test_seed_cnn_matches_torch),
         cmocka_unit_test(test_residual_matches_torch),
         cmocka_unit_test(test_replicas_match_torch),
+        cmocka_unit_test(test_label_smoothing_matches_torch),
         cmocka_unit_test(test_adam_matches_torch),
         cmocka_unit_test(test_sgd_matches_torch),
         cmocka_unit_test(test_init_distribution),

@@ -137,6 +137,10 @@ void cfx_linear_backward(float *din, float *dweight, float *dbias, const float *
  * is 1 / (global batch size) so that summing over ranks gives the mean. */
 void cfx_softmax_xent(const float *logits, const int *labels, int N, int K, float scale,
                       float *dlogits, double *loss_sum, long *correct);
+/* The same with label smoothing eps (torch's cross_entropy(label_smoothing=eps)):
+ * the target is (1 - eps) onehot + eps / K. eps = 0 is cfx_softmax_xent. */
+void cfx_softmax_xent_smooth(const float *logits, const int *labels, int N, int K, double eps,
+                             float scale, float *dlogits, double *loss_sum, long *correct);
 
 /* ---- the model: a list of layers, each reading earlier layers' outputs -- */
 

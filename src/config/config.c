@@ -48,6 +48,9 @@ static const key_def KEYS[] = {
      "seed of weight init, shuffling and augmentation"},
     {"train", "eval_batch_size", KEY_INT, FIELD(eval_batch_size), 1, 4096, NULL, "100",
      "batch size of validation and test passes"},
+    {"train", "label_smoothing", KEY_DOUBLE, FIELD(label_smoothing), 0, 0.999, NULL, "0",
+     "label smoothing of the training loss, as torch's cross_entropy(label_smoothing=...); "
+     "validation and test report plain cross-entropy"},
     {"optim", "name", KEY_STRING, FIELD(optim_name), 0, 0, "adam|sgd", NULL, "optimizer: adam or sgd"},
     {"optim", "lr", KEY_DOUBLE, FIELD(lr), 0, 1e6, NULL, NULL, "learning rate (> 0)"},
     {"optim", "beta1", KEY_DOUBLE, FIELD(beta1), 0, 0.999999, NULL, "0.9", "Adam beta1"},

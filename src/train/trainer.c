@@ -506,8 +506,8 @@ static int train_step(trainer *t, int epoch, int step, cfx_error *err)
     const float *logits = cfx_model_forward(m, count);
     double step_loss = 0.0;
     long step_correct = 0;
-    cfx_softmax_xent(logits, t->labels, count, m->n_classes, 1.0f / (float)glen,
-                     m->dacts[m->n_layers], &step_loss, &step_correct);
+    cfx_softmax_xent_smooth(logits, t->labels, count, m->n_classes, t->cfg->label_smoothing,
+                            1.0f / (float)glen, m->dacts[m->n_layers], &step_loss, &step_correct);
     t->pt.forward += cfx_now() - t0;
     t0 = cfx_now();
     cfx_model_backward(m, count);
@@ -608,9 +608,9 @@ static int train_step_exact(trainer *t, int epoch, int step, cfx_error *err)
     for (int r = 0; r < n_chunks; r++) {
         cfx_model *m = &t->reps[r];
         long correct = 0;
-        cfx_softmax_xent(m->acts[m->n_layers], t->labels + (size_t)r * cs, t->rep_counts[r],
-                         m->n_classes, 1.0f / (float)glen, m->dacts[m->n_layers], &stats[2 * r],
-                         &correct);
+        cfx_softmax_xent_smooth(m->acts[m->n_layers], t->labels + (size_t)r * cs,
+                                t->rep_counts[r], m->n_classes, t->cfg->label_smoothing,
+                                1.0f / (float)glen, m->dacts[m->n_layers], &stats[2 * r], &correct);
         stats[2 * r + 1] = (double)correct;
     }
     t->pt.forward += cfx_now() - t0;
