@@ -2,7 +2,7 @@
  *
  *   cfx-bench-model [--config FILE] [--batch N] [--steps N] [--threads N]
  *                   [--conv direct|gemm]
- *   mpirun -np N cfx-bench-model --allreduce [--max-bytes N]
+ *   mpirun -np N cfx-bench-model --allreduce
  *
  * --conv picks the convolution kernel: the direct AVX-512 one (the default
  * where the CPU has it) or im2col + SGEMM, to compare the two.
