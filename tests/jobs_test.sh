@@ -36,6 +36,8 @@ epochs_of() { tail -n +2 "$1/logs/metrics.csv" | cut -d, -f1 | tr '\n' ' '; }
 command -v shellcheck > /dev/null || fail "shellcheck is not installed (tools/install-deps.sh)"
 shellcheck "$src"/jobs/*.sbatch "$src"/jobs/*.sh "$src/tests/jobs_test.sh" ||
     fail "shellcheck found problems"
+(cd "$src" && shellcheck -x tools/cluster/cluster tools/cluster/rsh tools/cluster/bench-allreduce tools/cluster/predict-allreduce tests/cluster/*.sh) ||
+    fail "shellcheck found problems in tools/cluster or tests/cluster"
 for script in train.sbatch sweep.sbatch local.sh; do
     bash "$src/jobs/$script" --help | grep -q . || fail "$script --help prints nothing"
 done

@@ -10,6 +10,8 @@ packages=(
     libcairo2-dev libpango1.0-dev fonts-dejavu-core chromium
     shellcheck curl ca-certificates
     valgrind clang-14 libclang-rt-14-dev
+    iproute2 util-linux procps psmisc
+    slurmctld slurmd slurm-client munge
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

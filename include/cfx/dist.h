@@ -32,6 +32,11 @@ void cfx_dist_allreduce_max_int(int *buf, int n);
 /* 1 on every rank if ok is non-zero on every rank. */
 int cfx_dist_all_ok(int ok);
 
+/* Collective: on rank 0, the hosts of the ranks in rank order, each once
+ * with its ranks ("a (ranks 0-1), b (rank 2)"), cut to len; returns the
+ * number of distinct hosts on every rank. */
+int cfx_dist_hosts(const cfx_dist *d, char *out, size_t len);
+
 /* Collective: gathers each rank's error message (empty = none, or the
  * failure was another rank's) and returns on rank 0 the first non-empty one,
  * prefixed with "rank k: " when k != 0, in out; out is empty when no rank

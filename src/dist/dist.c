@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <mpi.h>
 
 #include "cfx/common.h" /* defines: cfx_now */
@@ -105,4 +106,44 @@ void cfx_dist_first_error(const cfx_dist *d, const char *msg, char *out, size_t 
         }
     }
     free(all);
+}
+
+enum { HOST_LEN = 64 };
+
+/* Appends ", host (rank a)" or "(ranks a-b)" for the run of ranks [a, b]. */
+static void append_run(char *out, size_t len, const char *host, int a, int b)
+{
+    size_t used = strlen(out);
+    if (used + 1 >= len)
+        return;
+    if (a == b)
+        snprintf(out + used, len - used, "%s%s (rank %d)", used ? ", " : "", host, a);
+    else
+        snprintf(out + used, len - used, "%s%s (ranks %d-%d)", used ? ", " : "", host, a, b);
+}
+
+int cfx_dist_hosts(const cfx_dist *d, char *out, size_t len)
+{
+    char mine[HOST_LEN] = "";
+    if (gethostname(mine, sizeof mine - 1) != 0)
+        snprintf(mine, sizeof mine, "?");
+    char *all = cfx_malloc((size_t)d->size * HOST_LEN);
+    MPI_Allgather(mine, HOST_LEN, MPI_CHAR, all, HOST_LEN, MPI_CHAR, MPI_COMM_WORLD);
+    int distinct = 0;
+    for (int r = 0; r < d->size; r++) {
+        int seen = 0;
+        for (int q = 0; q < r && !seen; q++)
+            seen = !strcmp(all + (size_t)q * HOST_LEN, all + (size_t)r * HOST_LEN);
+        distinct += !seen;
+    }
+    if (len)
+        out[0] = '\0';
+    for (int a = 0, b; d->rank == 0 && a < d->size; a = b + 1) {
+        const char *host = all + (size_t)a * HOST_LEN;
+        for (b = a; b + 1 < d->size && !strcmp(all + (size_t)(b + 1) * HOST_LEN, host); b++)
+            ;
+        append_run(out, len, host, a, b);
+    }
+    free(all);
+    return distinct;
 }

@@ -176,6 +176,12 @@ int main(int argc, char **argv)
         printf("cfx-train %s (%s): %d rank%s, %d BLAS thread%s per rank, OpenBLAS core %s\n",
                CFX_VERSION, CFX_GIT_COMMIT, dist.size, dist.size == 1 ? "" : "s", threads,
                threads == 1 ? "" : "s", cfx_blas_core());
+    }
+    char hosts[1024];
+    int n_hosts = cfx_dist_hosts(&dist, hosts, sizeof hosts);
+    if (dist.rank == 0 && !quiet) {
+        if (n_hosts > 1)
+            printf("hosts: %s\n", hosts);
         fflush(stdout);
     }
     int rc, exit_code;

@@ -55,40 +55,64 @@ static double sgemm_peak(int n, int reps)
     return 2.0 * n * (double)n * n * reps / t * 1e-9;
 }
 
-/* Times in-place MPI_Allreduce(SUM) of floats, 1 KB to 4 MB; rank 0 prints
- * each size and a least-squares fit of t = alpha + beta * bytes. */
+/* Repetitions of an allreduce of n floats that take about `budget` seconds,
+ * from one timed call on rank 0 (at least 3, at most 2000), on every rank. */
+static int allreduce_reps(float *buf, int n, double budget)
+{
+    for (int r = 0; r < 3; r++)
+        MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t = cfx_now();
+    MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    t = cfx_now() - t;
+    int reps = t > 0 ? (int)(budget / t) : 2000;
+    reps = reps < 3 ? 3 : reps > 2000 ? 2000 : reps;
+    MPI_Bcast(&reps, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    return reps;
+}
+
+/* Times in-place MPI_Allreduce(SUM) of floats from 1 KB to --max-bytes
+ * (default 4 MB), about 0.25 s per size; rank 0 prints each size and a fit of
+ * t = alpha + beta * bytes that weighs every size by 1/t^2 (relative error),
+ * so the small sizes set alpha and the large ones beta. */
 static int bench_allreduce(int *argc, char ***argv)
 {
     MPI_Init(argc, argv);
     int rank, size;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    enum { MAX_FLOATS = 1 << 20 };
-    float *buf = cfx_calloc(MAX_FLOATS, sizeof(float));
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
-    int points = 0;
+    long max_floats = 1 << 20;
+    for (int i = 1; i + 1 < *argc; i++)
+        if (!strcmp((*argv)[i], "--max-bytes"))
+            max_floats = atol((*argv)[i + 1]) / 4;
+    if (max_floats < 256 || max_floats > (1L << 28)) {
+        if (rank == 0)
+            fprintf(stderr, "cfx-bench-model: --max-bytes must be 1024 to 1 GiB\n");
+        MPI_Finalize();
+        return 2;
+    }
+    float *buf = cfx_calloc((size_t)max_floats, sizeof(float));
+    double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
     if (rank == 0)
-        printf("MPI_Allreduce(SUM, float) over %d ranks\n%12s %12s %10s\n", size, "bytes",
-               "microseconds", "GB/s");
-    for (int n = 256; n <= MAX_FLOATS; n *= 2) {
-        int reps = n < 65536 ? 2000 : 200;
-        for (int r = 0; r < 10; r++)
-            MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        printf("MPI_Allreduce(SUM, float) over %d ranks\n%12s %12s %10s %8s\n", size, "bytes",
+               "microseconds", "GB/s", "reps");
+    for (long n = 256; n <= max_floats; n *= 2) {
+        int reps = allreduce_reps(buf, (int)n, 0.25);
         MPI_Barrier(MPI_COMM_WORLD);
         double t = cfx_now();
         for (int r = 0; r < reps; r++)
-            MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+            MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
         t = (cfx_now() - t) / reps;
-        double bytes = 4.0 * n;
+        MPI_Bcast(&t, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+        double bytes = 4.0 * (double)n, w = 1.0 / (t * t);
         if (rank == 0)
-            printf("%12.0f %12.1f %10.2f\n", bytes, t * 1e6, bytes / t * 1e-9);
-        sx += bytes, sy += t, sxx += bytes * bytes, sxy += bytes * t;
-        points++;
+            printf("%12.0f %12.1f %10.3f %8d\n", bytes, t * 1e6, bytes / t * 1e-9, reps);
+        sw += w, sx += w * bytes, sy += w * t, sxx += w * bytes * bytes, sxy += w * bytes * t;
     }
-    double beta = (points * sxy - sx * sy) / (points * sxx - sx * sx);
-    double alpha = (sy - beta * sx) / points;
+    double beta = (sw * sxy - sx * sy) / (sw * sxx - sx * sx);
+    double alpha = (sy - beta * sx) / sw;
     if (rank == 0)
-        printf("fit: t = %.1f us + bytes / (%.2f GB/s)\n", alpha * 1e6, 1e-9 / beta);
+        printf("fit: t = %.1f us + bytes / (%.3f GB/s)\n", alpha * 1e6, 1e-9 / beta);
     free(buf);
     MPI_Finalize();
     return 0;
