@@ -3,7 +3,9 @@
 # jobs/train.sbatch configs/quick.ini` (on a subset) runs one rank per host,
 # over TCP between the hosts (the traffic shows on the second host's link);
 # the log names both hosts; every per-epoch metric equals that of the same
-# run with 2 ranks on one host (shared memory) to 1e-6 relative.
+# run with 2 ranks on one host (shared memory) to 1e-6 relative, and with the
+# exact reduction (the default) its weights and optimizer state are bitwise
+# those of 1 rank on one host.
 #
 # usage: two_nodes_test.sh CFX_TRAIN SOURCE_DIR DATA_DIR WORK_DIR -- MPIEXEC ARGS...
 set -euo pipefail
@@ -45,4 +47,12 @@ awk -F, 'NR == FNR { for (c = 2; c <= 5; c++) ref[FNR, c] = $c; next }
          END { exit bad }' "$work/local/logs/metrics.csv" "$run/logs/metrics.csv" ||
     fail "the 2-host run's metrics differ from 2 ranks on one host"
 ok "per-epoch metrics of 2 hosts equal 2 ranks on one host (1e-6)"
+
+"${mpiexec[@]}" 1 "$train" --config "$src/configs/quick.ini" --quiet "${sets[@]}" \
+    --set runtime.blas_threads=1 --set output.dir="$work/one"
+for g in /model /optimizer; do
+    h5diff "$work/one/checkpoints/last.h5" "$run/checkpoints/last.h5" "$g" "$g" > /dev/null ||
+        fail "$g of the 2-host run is not bitwise that of 1 rank on one host"
+done
+ok "/model and /optimizer of 2 hosts are bitwise those of 1 rank on one host"
 echo "PASS: SLURM job on 2 emulated hosts"
