@@ -288,15 +288,15 @@ static void nchw_to_cnhw(float *dst, const float *src, int N, int C, int HW, int
         }
 }
 
-/* One forward and backward in the fixture's mode ("train." or "eval."),
+/* One forward and backward in the fixture's mode ("train.", "eval." or ""),
  * compared with torch: logits, loss, every parameter gradient, the input's. */
-static void residual_pass(cfx_model *m, const fixture *fx, const char *mode)
+static void fixture_pass(cfx_model *m, const fixture *fx, const char *mode, int N)
 {
-    const int N = 4, C = 3, HW = 16 * 16;
+    const int C = 3, HW = 16 * 16;
     char name[160];
     nchw_to_cnhw(m->acts[0], fixture_get(fx, "input", (size_t)N * C * HW)->data, N, C, HW, 1);
     const fix_tensor *lab = fixture_get(fx, "labels", (size_t)N);
-    int labels[4];
+    int labels[8];
     for (int n = 0; n < N; n++)
         labels[n] = (int)lab->data[n];
     const float *logits = cfx_model_forward(m, N);
@@ -351,7 +351,7 @@ static void test_residual_matches_torch(void **state)
     memcpy(start, m.state, m.state_bytes);
 
     printf("residual network vs torch, training mode (tolerance %.0e):\n", MODEL_TOL);
-    residual_pass(&m, &fx, "train.");
+    fixture_pass(&m, &fx, "train.", 4);
     for (int i = 0; i < m.n_layers; i++) /* running statistics after the step */
         for (int t = 0; t < m.layers[i].n_tensors; t++) {
             const cfx_layer *L = &m.layers[i];
@@ -368,9 +368,31 @@ static void test_residual_matches_torch(void **state)
     printf("residual network vs torch, eval mode:\n");
     memcpy(m.state, start, m.state_bytes);
     cfx_model_set_training(&m, 0);
-    residual_pass(&m, &fx, "eval.");
+    fixture_pass(&m, &fx, "eval.", 4);
     assert_memory_equal(m.state, start, m.state_bytes); /* eval changes no buffer */
     free(start);
+    cfx_model_free(&m);
+    fixture_free(&fx);
+}
+
+/* GELU and a 3x3 stride-2 max-pool (overlapping windows) against torch. */
+static void test_gelu_pool_matches_torch(void **state)
+{
+    (void)state;
+    fixture fx;
+    fixture_load(&fx, "gelu_pool.bin");
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n_specs = 0;
+    cfx_error err;
+    cfx_model m;
+    if (cfx_parse_layers("conv2d out=4 kernel=3 padding=1; gelu; maxpool2d kernel=3 stride=2;"
+                         "flatten; linear out=10",
+                         specs, &n_specs, &err) != 0 ||
+        cfx_model_create(&m, specs, n_specs, 3, 16, 16, 3, CFX_MODEL_INPUT_GRAD, &err) != 0)
+        fail_msg("%s", err.msg);
+    load_state(&m, &fx, "");
+    printf("conv-GELU-maxpool(3, stride 2)-linear vs torch:\n");
+    fixture_pass(&m, &fx, "", 3);
     cfx_model_free(&m);
     fixture_free(&fx);
 }
@@ -635,6 +657,7 @@ int main(void)
         cmocka_unit_test(test_seed_cnn_matches_torch),
         cmocka_unit_test(test_residual_matches_torch),
         cmocka_unit_test(test_replicas_match_torch),
+        cmocka_unit_test(test_gelu_pool_matches_torch),
         cmocka_unit_test(test_label_smoothing_matches_torch),
         cmocka_unit_test(test_adam_matches_torch),
         cmocka_unit_test(test_sgd_matches_torch),
