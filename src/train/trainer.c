@@ -1,15 +1,18 @@
 /* The data-parallel training loop, with checkpoints, resume and clean stops.
  *
  * Every rank holds a full replica. Each epoch has one global permutation of
- * the training split (seeded by train.seed and the epoch); each global batch
- * is cut into contiguous per-rank slices; each rank's gradient is the sum of
- * its per-image gradients divided by the global batch size, so one
- * MPI_Allreduce(SUM) of the flat gradient buffer yields the batch mean and
- * the math does not depend on the number of ranks.
+ * the training split (seeded by train.seed and the epoch). Each image's
+ * gradient is divided by the global batch size, so the sum over ranks is the
+ * batch mean. dist.reduction = exact (default): each global batch is cut
+ * into chunks of dist.chunk images, ranks own whole chunks, each chunk runs
+ * in its own replica of the model, and every sum over the batch is exact
+ * (int64 fixed point), so the bits do not depend on the number of ranks.
+ * dist.reduction = float: contiguous per-rank slices and one float
+ * MPI_Allreduce of the gradients.
  *
- * Rank 0 alone validates, writes logs/metrics.{h5,csv} and
- * checkpoints/{best,last}.h5. A stop signal or a failure of rank 0 travels to
- * every rank in the statistics tail of the next gradient allreduce, so all
+ * Validation is shared by all ranks; rank 0 alone writes
+ * logs/metrics.{h5,csv} and checkpoints/{best,last}.h5. A stop signal or a
+ * failure of rank 0 travels to every rank with the next step's sums, so all
  * ranks leave the loop after the same step. */
 #include "cfx_build_info.h" /* defines: CFX_GIT_COMMIT (generated at build time) */
 #include <errno.h>
