@@ -60,6 +60,18 @@ ranks)
         exit 1
     fi
     echo "ok: the float reduction on 2 ranks differs, as expected"
+    # optim.schedule: every step's learning rate in logs/learning_rate.csv,
+    # the last step's of each epoch in the metrics (linear decay to 0 over 64 steps)
+    run 1 "$work/linear" --set optim.schedule=linear
+    lr_log=$work/linear/logs/learning_rate.csv
+    [ "$(wc -l < "$lr_log")" -eq 65 ] || { echo "FAIL: $lr_log has not 64 steps"; exit 1; }
+    want=$(awk -F, '$1 == 16 || $1 == 64 { printf "%s ", $3 }' "$lr_log")
+    got=$(awk -F, 'NR > 1 && ($1 == 1 || $1 == 4) { printf "%s ", $6 }' "$work/linear/logs/metrics.csv")
+    awk -v w="$want" -v g="$got" 'BEGIN { split(w, a, " "); split(g, b, " ");
+        d = a[1] - b[1]; if (d < 0) d = -d;
+        exit !(a[1] > 0 && a[1] < 0.001 && a[2] == 0 && d < 1e-5 * a[1] && b[2] == 0) }' ||
+        { echo "FAIL: linear schedule: steps 16, 64 have '$want', the metrics '$got'"; exit 1; }
+    echo "ok: optim.schedule=linear: logged and applied ($want)"
     ;;
 resume)
     for to in 3 1; do

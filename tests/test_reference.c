@@ -501,6 +501,55 @@ static void test_label_smoothing_matches_torch(void **state)
     fixture_free(&fx);
 }
 
+/* ---- learning-rate schedules --------------------------------------------------- */
+
+static void test_schedules_match_torch(void **state)
+{
+    (void)state;
+    fixture fx;
+    fixture_load(&fx, "schedule.bin");
+    const struct {
+        const char *name;
+        long warmup;
+        double final_factor, step_epochs, gamma;
+    } cases[] = {
+        {"cosine", 0, 0.01, 30, 0.1},
+        {"linear", 0, 0.01, 30, 0.1},
+        {"step", 0, 0, 2, 0.5},
+        {"onecycle", 10, 0, 30, 0.1},
+    };
+    printf("learning-rate schedules vs torch.optim.lr_scheduler:\n");
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        cfx_config cfg;
+        cfx_config_defaults(&cfg);
+        cfg.lr = 0.1;
+        snprintf(cfg.schedule, sizeof cfg.schedule, "%s", cases[c].name);
+        cfg.warmup_steps = cases[c].warmup;
+        cfg.final_lr_factor = cases[c].final_factor;
+        cfg.step_epochs = cases[c].step_epochs;
+        cfg.step_gamma = cases[c].gamma;
+        float got[50];
+        for (long k = 0; k < 50; k++)
+            got[k] = (float)cfx_lr_at(&cfg, k, 50, 5);
+        char name[32];
+        snprintf(name, sizeof name, "%s.lr", cases[c].name);
+        check_close(name, got, fixture_get(&fx, name, 50)->data, 50, 1e-6);
+    }
+    /* warm-up: lr x (k + 1) / w, then the schedule over the remaining steps */
+    cfx_config cfg;
+    cfx_config_defaults(&cfg);
+    cfg.lr = 0.1;
+    snprintf(cfg.schedule, sizeof cfg.schedule, "linear");
+    cfg.warmup_steps = 4;
+    assert_true(fabs(cfx_lr_at(&cfg, 0, 14, 5) - 0.025) < 1e-15);
+    assert_true(fabs(cfx_lr_at(&cfg, 3, 14, 5) - 0.1) < 1e-15);
+    assert_true(fabs(cfx_lr_at(&cfg, 4, 14, 5) - 0.1) < 1e-15);
+    assert_true(fabs(cfx_lr_at(&cfg, 13, 14, 5)) < 1e-15);
+    snprintf(cfg.schedule, sizeof cfg.schedule, "constant");
+    assert_true(cfx_lr_at(&cfg, 9, 14, 5) == 0.1);
+    fixture_free(&fx);
+}
+
 /* ---- optimizers ------------------------------------------------------------ */
 
 #define OPT_STEPS 5
@@ -659,6 +708,7 @@ int main(void)
         cmocka_unit_test(test_replicas_match_torch),
         cmocka_unit_test(test_gelu_pool_matches_torch),
         cmocka_unit_test(test_label_smoothing_matches_torch),
+        cmocka_unit_test(test_schedules_match_torch),
         cmocka_unit_test(test_adam_matches_torch),
         cmocka_unit_test(test_sgd_matches_torch),
         cmocka_unit_test(test_init_distribution),

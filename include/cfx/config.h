@@ -32,6 +32,11 @@ typedef struct {
     char optim_name[16]; /* adam | sgd */
     double lr, beta1, beta2, eps, momentum, weight_decay;
     int nesterov;
+    char schedule[16];      /* constant | linear | cosine | step | onecycle */
+    long warmup_steps;      /* linear warm-up (onecycle: the rising phase) */
+    double final_lr_factor; /* linear, cosine: the last step's lr / optim.lr */
+    double step_epochs;     /* step: decay every this many epochs ... */
+    double step_gamma;      /* ... by this factor */
     /* [model] */
     int n_layers;
     cfx_layer_spec layers[CFX_MAX_LAYERS];

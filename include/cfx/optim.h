@@ -27,4 +27,13 @@ void cfx_optim_free(cfx_optim *opt);
  * dampening 0 and maximize false). */
 void cfx_optim_step(cfx_optim *opt, float *params, const float *grads);
 
+/* The learning rate of 0-based step `step` of a run of total_steps steps
+ * (steps_per_epoch per epoch) under optim.schedule, as torch.optim.lr_scheduler:
+ *   linear   LinearLR(1, final_lr_factor, total_iters = total - warmup - 1)
+ *   cosine   CosineAnnealingLR(T_max = total - warmup - 1, eta_min = final x lr)
+ *   step     StepLR(step_size = step_epochs x steps_per_epoch, gamma)
+ *   onecycle OneCycleLR(max_lr = lr, total_steps, pct_start = warmup / total)
+ * after a linear warm-up of warmup_steps (lr x (step + 1) / warmup; not for onecycle). */
+double cfx_lr_at(const cfx_config *cfg, long step, long total_steps, int steps_per_epoch);
+
 #endif

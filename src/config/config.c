@@ -60,6 +60,20 @@ static const key_def KEYS[] = {
     {"optim", "weight_decay", KEY_DOUBLE, FIELD(weight_decay), 0, 1, NULL, "0",
      "L2 penalty added to the gradient (as torch.optim)"},
     {"optim", "nesterov", KEY_BOOL, FIELD(nesterov), 0, 1, NULL, "false", "SGD Nesterov momentum"},
+    {"optim", "schedule", KEY_STRING, FIELD(schedule), 0, 0, "constant|linear|cosine|step|onecycle",
+     "constant",
+     "learning rate per step: constant; linear or cosine decay to final_lr_factor x lr; step "
+     "(x step_gamma every step_epochs epochs); onecycle (torch's OneCycleLR, max_lr = lr, "
+     "rising for warmup_steps); logs/learning_rate.csv lists every step's"},
+    {"optim", "warmup_steps", KEY_LONG, FIELD(warmup_steps), 0, 1e9, NULL, "0",
+     "steps of linear warm-up from lr / warmup_steps to lr before the schedule (onecycle: "
+     "the rising phase, default 30 % of the run)"},
+    {"optim", "final_lr_factor", KEY_DOUBLE, FIELD(final_lr_factor), 0, 1, NULL, "0",
+     "linear and cosine: the learning rate of the last step, as a fraction of optim.lr"},
+    {"optim", "step_epochs", KEY_DOUBLE, FIELD(step_epochs), 1e-9, 1e9, NULL, "30",
+     "step schedule: epochs between decays"},
+    {"optim", "step_gamma", KEY_DOUBLE, FIELD(step_gamma), 0, 1, NULL, "0.1",
+     "step schedule: factor of each decay"},
     {"model", "layers", KEY_LAYERS, 0, 0, 0, 0, NULL, NULL,
      "the layers, one per line or ';'-separated, from these types and options"},
     {"output", "dir", KEY_STRING, FIELD(output_dir), 0, 0, NULL, NULL,

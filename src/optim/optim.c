@@ -72,3 +72,43 @@ void cfx_optim_step(cfx_optim *opt, float *params, const float *grads)
     else
         sgd_step(opt, params, grads);
 }
+
+/* ---- learning-rate schedules ----------------------------------------------- */
+
+/* From start to end along half a cosine, pct in [0, 1] (torch's _annealing_cos). */
+static double cos_anneal(double start, double end, double pct)
+{
+    return end + (start - end) / 2.0 * (1.0 + cos(3.14159265358979323846 * pct));
+}
+
+static double one_cycle(const cfx_config *cfg, long step, long total)
+{
+    const double max_lr = cfg->lr, initial = max_lr / 25.0, min_lr = initial / 1e4;
+    long rise = cfg->warmup_steps ? cfg->warmup_steps : (long)(0.3 * (double)total);
+    double end1 = (double)rise - 1.0, end2 = (double)total - 1.0;
+    if ((double)step <= end1)
+        return cos_anneal(initial, max_lr, end1 > 0 ? (double)step / end1 : 1.0);
+    return cos_anneal(max_lr, min_lr, end2 > end1 ? ((double)step - end1) / (end2 - end1) : 1.0);
+}
+
+double cfx_lr_at(const cfx_config *cfg, long step, long total_steps, int steps_per_epoch)
+{
+    const char *s = cfg->schedule;
+    const double lr = cfg->lr;
+    if (!strcmp(s, "onecycle"))
+        return one_cycle(cfg, step, total_steps);
+    long w = cfg->warmup_steps;
+    if (step < w)
+        return lr * (double)(step + 1) / (double)w;
+    long k = step - w, span = total_steps - w - 1; /* steps after the warm-up, to the last */
+    double pct = span > 0 ? (double)(k < span ? k : span) / (double)span : 1.0;
+    if (!strcmp(s, "linear"))
+        return lr * (1.0 + (cfg->final_lr_factor - 1.0) * pct);
+    if (!strcmp(s, "cosine"))
+        return cos_anneal(lr, cfg->final_lr_factor * lr, pct);
+    if (!strcmp(s, "step")) {
+        long every = (long)llround(cfg->step_epochs * steps_per_epoch);
+        return lr * pow(cfg->step_gamma, (double)(k / (every > 0 ? every : 1)));
+    }
+    return lr; /* constant */
+}

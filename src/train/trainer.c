@@ -327,6 +327,32 @@ static int all_ok(int ok, cfx_error *err)
     return 0;
 }
 
+/* optim.lr of this step under optim.schedule. */
+static void set_learning_rate(trainer *t)
+{
+    long total = (long)t->cfg->epochs * t->steps_per_epoch;
+    t->optim.lr = cfx_lr_at(t->cfg, t->state.global_step, total, t->steps_per_epoch);
+}
+
+/* logs/learning_rate.csv: the learning rate of every step of the run (a
+ * pure function of the config), written whole at the start. */
+static int write_lr_log(const trainer *t, cfx_error *err)
+{
+    long total = (long)t->cfg->epochs * t->steps_per_epoch;
+    size_t cap = 64 * ((size_t)total + 1), len = 0;
+    char *csv = cfx_malloc(cap);
+    len += (size_t)snprintf(csv, cap, "step,epoch,learning_rate\n");
+    for (long s = 0; s < total; s++)
+        len += (size_t)snprintf(csv + len, cap - len, "%ld,%ld,%.9g\n", s + 1,
+                                s / t->steps_per_epoch + 1,
+                                cfx_lr_at(t->cfg, s, total, t->steps_per_epoch));
+    char path[CFX_PATH_LEN + 32];
+    snprintf(path, sizeof path, "%s/logs/learning_rate.csv", t->cfg->output_dir);
+    int rc = cfx_write_file_atomic(path, csv, len, err);
+    free(csv);
+    return rc;
+}
+
 /* BatchNorm's batch sums of the replicas of every rank, exactly. */
 static void reduce_rows_exact(void *ctx, const double *rows, int n_rows, int n, double *total)
 {
@@ -399,6 +425,8 @@ static int trainer_setup(trainer *t, cfx_error *err)
     if (t->root)
         t->best_state = cfx_malloc(t->model.state_bytes);
     t->steps_per_epoch = (t->split.n_train + cfg->batch_size - 1) / cfg->batch_size;
+    if (!all_ok(!t->root || write_lr_log(t, err) == 0, err))
+        return -1;
     t->perm = cfx_malloc((size_t)t->split.n_train * sizeof *t->perm);
     t->labels = cfx_malloc((size_t)t->local_max * sizeof *t->labels);
     t->fault = fault_plan_from_env();
@@ -533,6 +561,7 @@ static int train_step(trainer *t, int epoch, int step, cfx_error *err)
     t->loss_sum += tail[TAIL_LOSS];
     t->correct += tail[TAIL_CORRECT];
     t0 = cfx_now();
+    set_learning_rate(t);
     cfx_optim_step(&t->optim, m->params, m->grads);
     t->pt.optimizer += cfx_now() - t0;
     t->state.global_step++;
@@ -653,6 +682,7 @@ static int train_step_exact(trainer *t, int epoch, int step, cfx_error *err)
     t->loss_sum += sums[0];
     t->correct += sums[1];
     t0 = cfx_now();
+    set_learning_rate(t);
     cfx_optim_step(&t->optim, t->model.params, t->model.grads);
     t->pt.optimizer += cfx_now() - t0;
     t->state.global_step++;
@@ -738,7 +768,7 @@ static void record_epoch(trainer *t, int epoch, int images, double train_seconds
         .train_accuracy = t->correct / n_train,
         .validation_loss = val.loss,
         .validation_accuracy = val.accuracy,
-        .learning_rate = t->cfg->lr,
+        .learning_rate = t->optim.lr, /* of the epoch's last step */
         .images_per_second = images / train_seconds,
         .allreduce_seconds = t->d->allreduce_seconds - t->reduce_before,
     };
