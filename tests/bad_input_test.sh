@@ -211,21 +211,27 @@ rmdir "$run/checkpoints/last.h5.tmp"
 unchanged "$run" "after the failed checkpoint write"
 
 # ---- divergence ------------------------------------------------------------------------
-# Gradients that overflow while the loss stays finite: caught by the gradient check.
+# Gradients that overflow while the loss stays finite: caught by the gradient check
+# (with train.max_loss out of reach, which would stop it first).
 "$tool" explode "$last" "$work/ckpt/exploding.h5"
 expect "non-finite gradient" 1 \
     "training diverged at epoch 2, step 1: a gradient is not finite .*; the last good checkpoint is kept" \
-    -- "${resume[@]}" --resume "$work/ckpt/exploding.h5"
+    -- "${resume[@]}" --resume "$work/ckpt/exploding.h5" --set train.max_loss=1e300
 unchanged "$run" "after the gradient divergence"
-# SGD at lr 1e4 from a trained state: the loss becomes NaN within epoch 2.
+# SGD at lr 1e4 from a trained state: the loss explodes (or becomes NaN) within epoch 2.
 sgd=$work/sgd
 sgd_args=("${small[@]}" --set output.dir="$sgd" --set optim.name=sgd --set optim.lr=0.01)
 expect "good SGD run" 0 "" -- "${sgd_args[@]}"
 cp "$sgd/checkpoints/best.h5" "$sgd/checkpoints/last.h5" "$work/saved/"
-expect "non-finite loss (optim.lr=1e4)" 1 \
-    "training diverged at epoch 2, step [0-9]+: the loss is -?nan; the last good checkpoint is kept" \
+expect "exploding loss (SGD, optim.lr=1e4)" 1 \
+    "training diverged at epoch 2, step [0-9]+: the loss is (-?nan|[0-9.e+]+, above train.max_loss=1000); the last good checkpoint is kept" \
     -- "${sgd_args[@]}" --set optim.lr=1e4 --set train.epochs=3 --resume "$sgd/checkpoints/last.h5"
 unchanged "$sgd" "after the loss divergence"
+# Adam at lr 1e4: the loss grows to ~1e21 and stays finite (it would train on
+# at chance accuracy); train.max_loss stops it.
+expect "exploding finite loss (Adam, optim.lr=1e4)" 1 \
+    "training diverged at epoch 1, step [0-9]+: the loss is [0-9.e+]+, above train.max_loss=1000; the last good checkpoint is kept" \
+    -- "${small[@]}" --set output.dir="$work/adam" --set optim.lr=1e4
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

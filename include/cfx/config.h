@@ -27,7 +27,8 @@ typedef struct {
     int batch_size;    /* global batch, summed over ranks */
     uint64_t seed;
     int eval_batch_size;
-    double label_smoothing; /* training loss target (1 - e) onehot + e / classes */
+    double label_smoothing;
+    double max_loss;        /* a step's mean loss above this stops training */ /* training loss target (1 - e) onehot + e / classes */
     /* [optim] */
     char optim_name[16]; /* adam | sgd */
     double lr, beta1, beta2, eps, momentum, weight_decay;

@@ -51,6 +51,9 @@ static const key_def KEYS[] = {
     {"train", "label_smoothing", KEY_DOUBLE, FIELD(label_smoothing), 0, 0.999, NULL, "0",
      "label smoothing of the training loss, as torch's cross_entropy(label_smoothing=...); "
      "validation and test report plain cross-entropy"},
+    {"train", "max_loss", KEY_DOUBLE, FIELD(max_loss), 1e-3, 1e300, NULL, "1000",
+     "a step whose mean training loss exceeds this stops training as diverged, keeping the "
+     "last good checkpoint (chance level is ln 10 = 2.3; an exploding run may stay finite)"},
     {"optim", "name", KEY_STRING, FIELD(optim_name), 0, 0, "adam|sgd", NULL, "optimizer: adam or sgd"},
     {"optim", "lr", KEY_DOUBLE, FIELD(lr), 0, 1e6, NULL, NULL, "learning rate (> 0)"},
     {"optim", "beta1", KEY_DOUBLE, FIELD(beta1), 0, 0.999999, NULL, "0.9", "Adam beta1"},

@@ -502,14 +502,30 @@ static void inject_fault(const trainer *t)
 }
 
 /* Every rank holds the same sums, so every rank stops alike. */
-static int check_divergence(const trainer *t, int epoch, int step, const float *tail,
-                            cfx_error *err)
+/* The summed loss of a step of glen images: not finite, or its mean above
+ * train.max_loss (a loss that explodes without becoming NaN). */
+static int check_loss(const trainer *t, int epoch, int step, double loss_sum, int glen,
+                      cfx_error *err)
 {
-    if (!isfinite(tail[TAIL_LOSS]))
+    if (!isfinite(loss_sum))
         return cfx_fail(err,
                         "training diverged at epoch %d, step %d: the loss is %g; the last "
                         "good checkpoint is kept",
-                        epoch, step + 1, (double)tail[TAIL_LOSS]);
+                        epoch, step + 1, loss_sum);
+    double mean = loss_sum / glen;
+    if (mean > t->cfg->max_loss)
+        return cfx_fail(err,
+                        "training diverged at epoch %d, step %d: the loss is %.3g, above "
+                        "train.max_loss=%g; the last good checkpoint is kept",
+                        epoch, step + 1, mean, t->cfg->max_loss);
+    return 0;
+}
+
+static int check_divergence(const trainer *t, int epoch, int step, const float *tail, int glen,
+                            cfx_error *err)
+{
+    if (check_loss(t, epoch, step, tail[TAIL_LOSS], glen, err) != 0)
+        return -1;
     /* NaN or inf iff some summed gradient is: a double sum of floats cannot overflow. */
     double grad_sum = cfx_sum(t->model.grads, t->model.n_params);
     if (!isfinite(grad_sum))
@@ -556,7 +572,7 @@ static int train_step(trainer *t, int epoch, int step, cfx_error *err)
             err->msg[0] = '\0'; /* rank 0 failed and reports why */
         return -1;
     }
-    if (check_divergence(t, epoch, step, tail, err) != 0)
+    if (check_divergence(t, epoch, step, tail, glen, err) != 0)
         return -1;
     t->loss_sum += tail[TAIL_LOSS];
     t->correct += tail[TAIL_CORRECT];
@@ -670,9 +686,8 @@ static int train_step_exact(trainer *t, int epoch, int step, cfx_error *err)
     }
     if (stat_status != CFX_EXACT_OK)
         sums[0] = NAN; /* a non-finite loss of some chunk */
-    if (!isfinite(sums[0]))
-        return cfx_fail(err, "training diverged at epoch %d, step %d: the loss is %g; the last "
-                             "good checkpoint is kept", epoch, step + 1, sums[0]);
+    if (check_loss(t, epoch, step, sums[0], glen, err) != 0)
+        return -1;
     if (status != CFX_EXACT_OK) {
         char key[2 * CFX_NAME_LEN];
         param_key(&t->model, bad, key, sizeof key);
