@@ -60,6 +60,18 @@ ranks)
         exit 1
     fi
     echo "ok: the float reduction on 2 ranks differs, as expected"
+    # train.tta: flip views for validation and test, recorded in the metrics log,
+    # also bitwise the same on 1 and 3 ranks, and not the plain evaluation
+    run 1 "$work/tta1" --set train.tta=flip
+    run 3 "$work/tta3" --set train.tta=flip
+    h5dump -a tta "$work/tta1/logs/metrics.h5" | grep -q '"flip"' ||
+        { echo "FAIL: metrics.h5 does not record tta = flip"; exit 1; }
+    v1=$(h5dump -a test_loss "$work/tta1/logs/metrics.h5" | grep '(0)')
+    [ "$v1" = "$(h5dump -a test_loss "$work/tta3/logs/metrics.h5" | grep '(0)')" ] ||
+        { echo "FAIL: the TTA test loss differs between 1 and 3 ranks"; exit 1; }
+    [ "$v1" != "$(h5dump -a test_loss "$work/np1/logs/metrics.h5" | grep '(0)')" ] ||
+        { echo "FAIL: the TTA test loss equals the plain one"; exit 1; }
+    echo "ok: train.tta=flip recorded, the same on 1 and 3 ranks, not the plain loss"
     # optim.schedule: every step's learning rate in logs/learning_rate.csv,
     # the last step's of each epoch in the metrics (linear decay to 0 over 64 steps)
     run 1 "$work/linear" --set optim.schedule=linear

@@ -873,8 +873,8 @@ static void test_metrics(void **state)
     free(rows);
 
     /* Test results as root attributes, replaceable. */
-    assert_int_equal(cfx_metrics_set_test(path, 9.0, 0.1, &err), 0);
-    assert_int_equal(cfx_metrics_set_test(path, 0.75, 0.8125, &err), 0);
+    assert_int_equal(cfx_metrics_set_test(path, 9.0, 0.1, NULL, &err), 0);
+    assert_int_equal(cfx_metrics_set_test(path, 0.75, 0.8125, "flip", &err), 0);
     h5dump_ok(path, NULL, "test_accuracy");
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     assert_true(h5_num_attr(f, "/", "test_loss", NULL) == 0.75);
@@ -906,7 +906,7 @@ static void test_metrics(void **state)
     assert_has(err.msg, "not an HDF5 file");
     assert_int_equal(cfx_metrics_read(text, &rows, &n, &err), -1);
     assert_has(err.msg, text);
-    assert_int_equal(cfx_metrics_set_test(text, 1, 1, &err), -1);
+    assert_int_equal(cfx_metrics_set_test(text, 1, 1, NULL, &err), -1);
     assert_has(err.msg, text);
     spit(tpath("plain"), "x", 1);
     assert_int_equal(cfx_metrics_append(tpath("plain/metrics.h5"), &r, &err), -1);

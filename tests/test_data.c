@@ -553,6 +553,49 @@ static void test_batch_plain(void **state)
     cfx_dataset_close(&ds);
 }
 
+/* Fixed views (test-time augmentation): a pixel of the view against the
+ * source pixel it should show, reflecting at the border like torch's
+ * reflect padding (index -1 -> 1, 32 -> 30) or zero-filled. */
+static int reflect_index(int s) { return s < 0 ? -s : s >= S ? 2 * (S - 1) - s : s; }
+
+static void test_batch_views(void **state)
+{
+    (void)state;
+    cfx_dataset ds;
+    open_small(&ds, 3, 5);
+    const int idx[2] = {2, 0}, n = 2;
+    float *out = malloc(sizeof(float) * CFX_IMAGE_PIXELS * n);
+    int labels[2];
+    const cfx_view views[] = {{0, 0, 1, 0}, {1, 1, 0, 1}, {-1, -1, 1, 1}, {2, -3, 0, 0}};
+    for (size_t v = 0; v < sizeof views / sizeof views[0]; v++) {
+        const cfx_view *w = &views[v];
+        cfx_batch_fill_view(out, labels, &ds, idx, n, w);
+        for (int i = 0; i < n; i++) {
+            const uint8_t *px = cfx_dataset_pixels(&ds, idx[i]);
+            for (int c = 0; c < CFX_IMAGE_CHANNELS; c++)
+                for (int y = 0; y < S; y++)
+                    for (int x = 0; x < S; x++) {
+                        int sy = y + w->dy, sx = (w->flip ? S - 1 - x : x) + w->dx;
+                        int in = sy >= 0 && sy < S && sx >= 0 && sx < S;
+                        float want = normalised(c, 0);
+                        if (in || w->reflect)
+                            want = normalised(c, px[c * HW + reflect_index(sy) * S +
+                                                     reflect_index(sx)]);
+                        assert_close(out[((size_t)c * n + i) * HW + y * S + x], want, "view", i,
+                                     c, y, x);
+                    }
+        }
+    }
+    cfx_view tta[CFX_MAX_VIEWS];
+    assert_int_equal(cfx_tta_views("none", tta), 1);
+    assert_int_equal(cfx_tta_views("flip", tta), 2);
+    assert_true(tta[1].flip && !tta[0].flip);
+    assert_int_equal(cfx_tta_views("flip_translate", tta), 6);
+    assert_int_equal(cfx_tta_views("crop", tta), 0);
+    free(out);
+    cfx_dataset_close(&ds);
+}
+
 /* The augmented image built by hand: pad 4 with black, crop at (dy, dx),
  * then flip left-right. */
 static void expected_augmented(float *dst, const uint8_t *px, int c, int dy, int dx, int flip)
@@ -790,6 +833,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_reads_back_exactly),
+        cmocka_unit_test(test_batch_views),
         cmocka_unit_test(test_open_missing_file),
         cmocka_unit_test(test_open_empty_file),
         cmocka_unit_test(test_open_partial_record),

@@ -92,9 +92,10 @@ typedef struct {
 int cfx_metrics_append(const char *path, const cfx_epoch_metrics *row, cfx_error *err);
 /* Keeps only rows with epoch <= last_epoch (no log yet: nothing to do). */
 int cfx_metrics_truncate(const char *path, int last_epoch, cfx_error *err);
-/* Root attributes test_loss and test_accuracy. */
+/* Root attributes test_loss, test_accuracy and tta (the test-time
+ * augmentation of validation and test, train.tta; NULL = "none"). */
 int cfx_metrics_set_test(const char *path, double test_loss, double test_accuracy,
-                         cfx_error *err);
+                         const char *tta, cfx_error *err);
 /* All rows (malloc'd array). */
 int cfx_metrics_read(const char *path, cfx_epoch_metrics **rows, int *n_rows, cfx_error *err);
 

@@ -28,7 +28,8 @@ typedef struct {
     uint64_t seed;
     int eval_batch_size;
     double label_smoothing;
-    double max_loss;        /* a step's mean loss above this stops training */ /* training loss target (1 - e) onehot + e / classes */
+    double max_loss;
+    char tta[16];           /* test-time augmentation of validation and test */        /* a step's mean loss above this stops training */ /* training loss target (1 - e) onehot + e / classes */
     /* [optim] */
     char optim_name[16]; /* adam | sgd */
     double lr, beta1, beta2, eps, momentum, weight_decay;

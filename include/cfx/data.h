@@ -91,4 +91,23 @@ void cfx_augment_draw(const cfx_augment *aug, int index, int *dy, int *dx, int *
 void cfx_batch_fill(float *out, int *labels, const cfx_dataset *ds, const int *indices, int n,
                     const cfx_augment *aug);
 
+/* A fixed view of an image: output pixel (y, x) shows source pixel
+ * (y + dy, x' + dx) where x' = x, or 31 - x when flipped (the flip comes
+ * after the shift, as RandomCrop then flip); outside the image, zero
+ * (a black pixel) or the reflection (PyTorch's reflect padding). */
+typedef struct {
+    int dy, dx, flip, reflect;
+} cfx_view;
+
+/* cfx_batch_fill with the same view for every image. */
+void cfx_batch_fill_view(float *out, int *labels, const cfx_dataset *ds, const int *indices,
+                         int n, const cfx_view *view);
+
+#define CFX_MAX_VIEWS 6
+/* The test-time augmentation views named by train.tta: none (the image),
+ * flip (and its mirror image), flip_translate (both, each also shifted by
+ * one pixel up-left and down-right with reflection: 6 views). Returns their
+ * number, 0 for an unknown name. */
+int cfx_tta_views(const char *name, cfx_view *views);
+
 #endif

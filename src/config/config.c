@@ -51,6 +51,10 @@ static const key_def KEYS[] = {
     {"train", "label_smoothing", KEY_DOUBLE, FIELD(label_smoothing), 0, 0.999, NULL, "0",
      "label smoothing of the training loss, as torch's cross_entropy(label_smoothing=...); "
      "validation and test report plain cross-entropy"},
+    {"train", "tta", KEY_STRING, FIELD(tta), 0, 0, "none|flip|flip_translate", "none",
+     "test-time augmentation of validation, test and --eval: the mean logits of the image "
+     "and its mirror image (flip), also shifted by one pixel both ways with reflection "
+     "(flip_translate, 6 views); logs/metrics.h5 records it (attribute tta)"},
     {"train", "max_loss", KEY_DOUBLE, FIELD(max_loss), 1e-3, 1e300, NULL, "1000",
      "a step whose mean training loss exceeds this stops training as diverged, keeping the "
      "last good checkpoint (chance level is ln 10 = 2.3; an exploding run may stay finite)"},

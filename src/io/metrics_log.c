@@ -233,7 +233,8 @@ int cfx_metrics_truncate(const char *path, int last_epoch, cfx_error *err)
     return 0;
 }
 
-int cfx_metrics_set_test(const char *path, double test_loss, double test_accuracy, cfx_error *err)
+int cfx_metrics_set_test(const char *path, double test_loss, double test_accuracy,
+                         const char *tta, cfx_error *err)
 {
     int missing;
     hid_t f = open_log(path, 1, &missing, err);
@@ -241,7 +242,8 @@ int cfx_metrics_set_test(const char *path, double test_loss, double test_accurac
         return -1;
     cfx_h5_err e = {0};
     int rc = cfx_h5_put_f64(f, "test_loss", test_loss, &e) ||
-             cfx_h5_put_f64(f, "test_accuracy", test_accuracy, &e);
+             cfx_h5_put_f64(f, "test_accuracy", test_accuracy, &e) ||
+             cfx_h5_put_str(f, "tta", tta ? tta : "none", &e);
     rc = cfx_h5_finish(f, rc, path, &e);
     if (rc)
         return cfx_fail(err, "%s: cannot record test results in the metrics log (%s): %s", path,

@@ -1,23 +1,54 @@
-/* Loss and accuracy of a model on a list of images, in eval mode, without augmentation. */
+/* Loss and accuracy of a model on a list of images, in eval mode, without
+ * augmentation or with test-time augmentation (the logits of several views
+ * averaged). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cfx/train.h" /* defines: cfx_evaluate */
+#include "cfx/train.h" /* defines: cfx_evaluate, cfx_evaluate_views */
 
-void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
-                  cfx_eval_result *result, int *predictions, float *probs)
+/* Softmax of one row of logits z[K] into p, from its maximum arg. */
+static void softmax_row(const float *z, int K, int arg, float *p)
 {
-    int K = m->n_classes;
+    double sum = 0.0;
+    for (int k = 0; k < K; k++)
+        sum += exp((double)z[k] - (double)z[arg]);
+    for (int k = 0; k < K; k++)
+        p[k] = (float)(exp((double)z[k] - (double)z[arg]) / sum);
+}
+
+/* Forward passes of images [start, start + count) in every view; their mean
+ * logits in mean[count][K] (a single view: the logits themselves). */
+static void view_logits(cfx_model *m, const cfx_dataset *ds, const int *indices, int count,
+                        const cfx_view *views, int n_views, int *labels, float *mean)
+{
+    const int K = m->n_classes;
+    const size_t size = (size_t)count * K;
+    for (int v = 0; v < n_views; v++) {
+        cfx_batch_fill_view(m->acts[0], labels, ds, indices, count, &views[v]);
+        const float *logits = cfx_model_forward(m, count);
+        for (size_t j = 0; j < size; j++)
+            mean[j] = v == 0 ? logits[j] : mean[j] + logits[j];
+    }
+    if (n_views > 1)
+        for (size_t j = 0; j < size; j++)
+            mean[j] /= (float)n_views;
+}
+
+void cfx_evaluate_views(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
+                        const cfx_view *views, int n_views, cfx_eval_result *result,
+                        int *predictions, float *probs)
+{
+    const int K = m->n_classes;
     int *labels = cfx_malloc((size_t)m->max_batch * sizeof *labels);
+    float *logits = cfx_malloc((size_t)m->max_batch * K * sizeof *logits);
     double loss = 0.0;
     long correct = 0;
     const int was_training = m->training;
     cfx_model_set_training(m, 0); /* running statistics, nothing updated */
     for (int start = 0; start < n; start += m->max_batch) {
         int count = n - start < m->max_batch ? n - start : m->max_batch;
-        cfx_batch_fill(m->acts[0], labels, ds, indices + start, count, NULL);
-        const float *logits = cfx_model_forward(m, count);
+        view_logits(m, ds, indices + start, count, views, n_views, labels, logits);
         cfx_softmax_xent(logits, labels, count, K, 1.0f, NULL, &loss, &correct);
         for (int i = 0; i < count; i++) {
             const float *z = logits + (size_t)i * K;
@@ -27,19 +58,21 @@ void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n
                     arg = k;
             if (predictions)
                 predictions[start + i] = arg;
-            if (probs) {
-                double sum = 0.0;
-                for (int k = 0; k < K; k++)
-                    sum += exp((double)z[k] - (double)z[arg]);
-                for (int k = 0; k < K; k++)
-                    probs[(size_t)(start + i) * K + k] =
-                        (float)(exp((double)z[k] - (double)z[arg]) / sum);
-            }
+            if (probs)
+                softmax_row(z, K, arg, probs + (size_t)(start + i) * K);
         }
     }
     cfx_model_set_training(m, was_training);
     free(labels);
+    free(logits);
     result->n = n;
     result->loss = n ? loss / n : 0.0;
     result->accuracy = n ? (double)correct / n : 0.0;
+}
+
+void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
+                  cfx_eval_result *result, int *predictions, float *probs)
+{
+    const cfx_view identity = {0, 0, 0, 0};
+    cfx_evaluate_views(m, ds, indices, n, &identity, 1, result, predictions, probs);
 }

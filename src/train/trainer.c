@@ -232,12 +232,13 @@ static void progress_clear(progress_bar *p)
  * each evaluates a contiguous slice and one allreduce adds up the sums, so
  * no rank idles while another validates. */
 static cfx_eval_result evaluate_shared(cfx_model *m, const cfx_dataset *ds, const int *indices,
-                                       int n, const cfx_dist *d)
+                                       int n, const cfx_view *views, int n_views,
+                                       const cfx_dist *d)
 {
     int start, count;
     cfx_dist_slice(n, d->rank, d->size, &start, &count);
     cfx_eval_result part;
-    cfx_evaluate(m, ds, indices + start, count, &part, NULL, NULL);
+    cfx_evaluate_views(m, ds, indices + start, count, views, n_views, &part, NULL, NULL);
     double sums[2] = {part.loss * part.n, (double)llround(part.accuracy * part.n)};
     cfx_dist_allreduce_sum_double(sums, 2);
     return (cfx_eval_result){
@@ -307,6 +308,8 @@ typedef struct {
     int stopped;     /* a stop signal was seen by every rank */
     fault_plan fault;
     cfx_phase_times pt;
+    cfx_view views[CFX_MAX_VIEWS]; /* train.tta of validation and test */
+    int n_views;
     /* dist.reduction = exact: one replica per chunk a rank may own, and the sums */
     int exact_mode, n_reps, max_terms;
     cfx_model *reps;
@@ -404,6 +407,7 @@ static int trainer_setup(trainer *t, cfx_error *err)
                       "one per rank)",
                       t->split.n_train, t->d->size) == 0;
     t->exact_mode = strcmp(cfg->reduction, "exact") == 0;
+    t->n_views = cfx_tta_views(cfg->tta, t->views);
     t->max_terms = (cfg->batch_size + cfg->chunk - 1) / cfg->chunk; /* chunks of a full batch */
     t->n_reps = (t->max_terms + t->d->size - 1) / t->d->size;
     t->local_max = t->exact_mode ? t->n_reps * cfg->chunk
@@ -592,7 +596,7 @@ static int train_step(trainer *t, int epoch, int step, cfx_error *err)
 static cfx_eval_result evaluate_all(trainer *t, const cfx_dataset *ds, const int *indices, int n)
 {
     if (!t->exact_mode)
-        return evaluate_shared(&t->model, ds, indices, n, t->d);
+        return evaluate_shared(&t->model, ds, indices, n, t->views, t->n_views, t->d);
     const int cs = t->cfg->eval_batch_size, n_chunks = (n + cs - 1) / cs;
     int first, count;
     cfx_dist_slice(n_chunks, t->d->rank, t->d->size, &first, &count);
@@ -600,7 +604,8 @@ static cfx_eval_result evaluate_all(trainer *t, const cfx_dataset *ds, const int
     for (int c = 0; c < count; c++) {
         int start = (first + c) * cs, len = n - start < cs ? n - start : cs;
         cfx_eval_result part;
-        cfx_evaluate(&t->model, ds, indices + start, len, &part, NULL, NULL);
+        cfx_evaluate_views(&t->model, ds, indices + start, len, t->views, t->n_views, &part,
+                           NULL, NULL);
         rows[2 * c] = part.loss * len;
         rows[2 * c + 1] = (double)llround(part.accuracy * len);
     }
@@ -858,7 +863,8 @@ static int finish_test(trainer *t, cfx_error *err)
     cfx_eval_result test = evaluate_all(t, &t->test_ds, all, n_test);
     free(all);
     if (t->root) {
-        if (cfx_metrics_set_test(t->files.metrics_h5, test.loss, test.accuracy, err) != 0)
+        if (cfx_metrics_set_test(t->files.metrics_h5, test.loss, test.accuracy, t->cfg->tta,
+                                 err) != 0)
             return -1;
         if (t->verbose)
             printf("best validation accuracy %.4f at epoch %d; test loss %.4f, test accuracy "
@@ -944,7 +950,10 @@ int cfx_eval_checkpoint(const cfx_config *cfg, const cfx_dist *d, const char *pa
             for (int i = 0; i < test_ds.n; i++)
                 all[i] = i;
             cfx_eval_result test;
-            cfx_evaluate(&model, &test_ds, all, test_ds.n, &test, NULL, NULL);
+            cfx_view views[CFX_MAX_VIEWS];
+            int n_views = cfx_tta_views(cfg->tta, views);
+            cfx_evaluate_views(&model, &test_ds, all, test_ds.n, views, n_views, &test, NULL,
+                               NULL);
             free(all);
             printf("%s: test loss %.4f, test accuracy %.4f (%d images)\n", path, test.loss,
                    test.accuracy, test.n);

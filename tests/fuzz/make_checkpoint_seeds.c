@@ -110,7 +110,7 @@ int main(int argc, char **argv)
                                  .epoch_seconds = 1, .allreduce_seconds = 0.1};
         check(cfx_metrics_append(path, &row, &err), &err);
     }
-    check(cfx_metrics_set_test(path, 1.25, 0.5, &err), &err);
+    check(cfx_metrics_set_test(path, 1.25, 0.5, NULL, &err), &err);
 
     snprintf(path, sizeof path, "%s/not_hdf5.txt", argv[1]);
     FILE *f = fopen(path, "w");
