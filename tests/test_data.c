@@ -529,7 +529,7 @@ static void test_batch_plain(void **state)
     const int n = 4;
     float *out = malloc(sizeof(float) * CFX_IMAGE_PIXELS * n);
     int labels[4];
-    cfx_augment off = {.enabled = 0, .seed = 1, .epoch = 0};
+    cfx_augment off = {.enabled = 0, .seed = 1, .epoch = 0, .padding = CFX_CROP_PADDING};
     for (int pass = 0; pass < 2; pass++) {
         memset(out, 0xff, sizeof(float) * CFX_IMAGE_PIXELS * n); /* NaN everywhere */
         cfx_batch_fill(out, labels, &ds, idx, n, pass ? &off : NULL);
@@ -596,6 +596,60 @@ static void test_batch_views(void **state)
     cfx_dataset_close(&ds);
 }
 
+/* Alternating flips (random in epoch 1, then each image flipped in
+ * alternate epochs), no flips, the padding range, and reflection: an
+ * augmented image equals the fixed view of its draw. */
+static void test_augment_modes(void **state)
+{
+    (void)state;
+    cfx_augment alt = {.enabled = 1, .seed = 7, .padding = 2, .flip = CFX_FLIP_ALTERNATING};
+    cfx_augment rnd = {.enabled = 1, .seed = 7, .epoch = 1, .padding = 2};
+    int flips_epoch1 = 0;
+    for (int idx = 0; idx < 200; idx++) {
+        int dy, dx, f1, f, r;
+        rnd.epoch = 1;
+        cfx_augment_draw(&rnd, idx, &dy, &dx, &r);
+        alt.epoch = 1;
+        cfx_augment_draw(&alt, idx, &dy, &dx, &f1);
+        assert_int_equal(f1, r); /* epoch 1: the random flip */
+        flips_epoch1 += f1;
+        for (int e = 2; e <= 5; e++) {
+            alt.epoch = e;
+            cfx_augment_draw(&alt, idx, &dy, &dx, &f);
+            assert_int_equal(f, f1 ^ ((e - 1) & 1));
+            assert_true(dy >= 0 && dy <= 4 && dx >= 0 && dx <= 4);
+        }
+    }
+    assert_true(flips_epoch1 > 70 && flips_epoch1 < 130);
+    cfx_augment none = {.enabled = 1, .seed = 7, .epoch = 3, .padding = 2, .flip = CFX_FLIP_NONE};
+    for (int idx = 0; idx < 50; idx++) {
+        int dy, dx, f;
+        cfx_augment_draw(&none, idx, &dy, &dx, &f);
+        assert_int_equal(f, 0);
+    }
+    /* reflect padding: the batch is the view of each image's draw */
+    cfx_dataset ds;
+    open_small(&ds, 4, 6);
+    const int idx[3] = {3, 1, 2};
+    float *out = malloc(sizeof(float) * CFX_IMAGE_PIXELS * 3);
+    float *one = malloc(sizeof(float) * CFX_IMAGE_PIXELS);
+    int labels[3];
+    cfx_augment refl = {.enabled = 1, .seed = 9, .epoch = 2, .padding = 2, .reflect = 1};
+    cfx_batch_fill(out, labels, &ds, idx, 3, &refl);
+    for (int i = 0; i < 3; i++) {
+        int dy, dx, f;
+        cfx_augment_draw(&refl, idx[i], &dy, &dx, &f);
+        cfx_view v = {dy - 2, dx - 2, f, 1};
+        cfx_batch_fill_view(one, labels, &ds, &idx[i], 1, &v);
+        for (int c = 0; c < CFX_IMAGE_CHANNELS; c++)
+            assert_memory_equal(out + ((size_t)c * 3 + i) * HW, one + (size_t)c * HW,
+                                HW * sizeof(float));
+    }
+    free(out);
+    free(one);
+    cfx_dataset_close(&ds);
+}
+
 /* The augmented image built by hand: pad 4 with black, crop at (dy, dx),
  * then flip left-right. */
 static void expected_augmented(float *dst, const uint8_t *px, int c, int dy, int dx, int flip)
@@ -628,7 +682,7 @@ static void test_batch_augmented(void **state)
         idx[i] = (i * 37 + 11) % N_IMG; /* batch position != data set index */
     float *out = malloc(sizeof(float) * CFX_IMAGE_PIXELS * N_IMG);
     int *labels = malloc(sizeof(int) * N_IMG);
-    cfx_augment aug = {.enabled = 1, .seed = 2024, .epoch = 3};
+    cfx_augment aug = {.enabled = 1, .seed = 2024, .epoch = 3, .padding = CFX_CROP_PADDING};
     cfx_batch_fill(out, labels, &ds, idx, N_IMG, &aug);
 
     int seen_dy[9] = {0}, seen_dx[9] = {0}, seen_flip[2] = {0};
@@ -680,7 +734,7 @@ static void test_batch_augmented_known_image(void **state)
 {
     (void)state;
     /* Find indices whose draws are (0,0,no flip), (8,8,flip) and centre. */
-    cfx_augment aug = {.enabled = 1, .seed = 99, .epoch = 0};
+    cfx_augment aug = {.enabled = 1, .seed = 99, .epoch = 0, .padding = CFX_CROP_PADDING};
     int want_dy[3] = {0, 8, 4}, want_dx[3] = {0, 8, 4}, want_flip[3] = {0, 1, 1};
     for (int k = 0; k < 3; k++) {
         int index = -1;
@@ -749,9 +803,9 @@ static void test_augment_draws(void **state)
 {
     (void)state;
     enum { N = 18000 };
-    cfx_augment a = {.enabled = 1, .seed = 5, .epoch = 2};
-    cfx_augment other_epoch = {.enabled = 1, .seed = 5, .epoch = 3};
-    cfx_augment other_seed = {.enabled = 1, .seed = 6, .epoch = 2};
+    cfx_augment a = {.enabled = 1, .seed = 5, .epoch = 2, .padding = CFX_CROP_PADDING};
+    cfx_augment other_epoch = {.enabled = 1, .seed = 5, .epoch = 3, .padding = CFX_CROP_PADDING};
+    cfx_augment other_seed = {.enabled = 1, .seed = 6, .epoch = 2, .padding = CFX_CROP_PADDING};
     int count_dy[9] = {0}, count_dx[9] = {0}, joint[9][9] = {{0}}, flips = 0;
     int diff_epoch = 0, diff_seed = 0;
     for (int i = 0; i < N; i++) {
@@ -834,6 +888,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_reads_back_exactly),
         cmocka_unit_test(test_batch_views),
+        cmocka_unit_test(test_augment_modes),
         cmocka_unit_test(test_open_missing_file),
         cmocka_unit_test(test_open_empty_file),
         cmocka_unit_test(test_open_partial_record),

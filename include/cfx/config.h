@@ -22,6 +22,9 @@ typedef struct {
     long val_size;     /* images held out of the 50k for validation */
     uint64_t split_seed;
     int augment;       /* random crop + flip on training images */
+    int crop_padding;  /* translation range of the crop, pixels each way */
+    char pad_mode[16]; /* zero | reflect */
+    char flip[16];     /* random | alternating | none */
     /* [train] */
     int epochs;
     int batch_size;    /* global batch, summed over ranks */

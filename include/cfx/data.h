@@ -71,17 +71,28 @@ int cfx_split_make(cfx_split *split, int n_total, long val_size, uint64_t seed, 
                    long val_limit, cfx_error *err);
 void cfx_split_free(cfx_split *split);
 
-/* Training augmentation: RandomCrop(32, padding 4, zero fill) then
- * horizontal flip with p = 0.5, drawn from (seed, epoch, image index) alone. */
+/* Training augmentation: a random translation by up to `padding` pixels
+ * each way (RandomCrop(32, padding) with zero fill, or reflection), then a
+ * horizontal flip, drawn from (seed, epoch, image index) alone. The seed
+ * recipe: padding 4, zero fill, random flips. */
+typedef enum {
+    CFX_FLIP_RANDOM,      /* p = 0.5 in every epoch */
+    CFX_FLIP_ALTERNATING, /* random in epoch 1, then each image flipped in alternate epochs */
+    CFX_FLIP_NONE,
+} cfx_flip_mode;
 typedef struct {
     int enabled;
     uint64_t seed;
     int epoch;
+    int padding; /* 0..CFX_MAX_PADDING */
+    int reflect; /* fill with the reflection instead of black */
+    cfx_flip_mode flip;
 } cfx_augment;
 
+#define CFX_MAX_PADDING 8
 #define CFX_CROP_PADDING 4
 
-/* The crop offsets (0..8) and flip bit used for image `index` in `epoch`. */
+/* The crop offsets (0..2 padding) and flip bit used for image `index` in `epoch`. */
 void cfx_augment_draw(const cfx_augment *aug, int index, int *dy, int *dx, int *flip);
 
 /* Writes images ds[indices[0..n)] normalised into out, in the network's

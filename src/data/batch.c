@@ -1,4 +1,4 @@
-/* Mini-batch assembly: normalisation, RandomCrop + flip, network layout. */
+/* Mini-batch assembly: normalisation, random translation + flip, fixed views, network layout. */
 #include "cfx/data.h" /* defines: cfx_batch_fill, cfx_augment_draw */
 
 #include <string.h>
@@ -8,14 +8,22 @@
 const float CFX_CIFAR10_MEAN[CFX_IMAGE_CHANNELS] = {0.4914f, 0.4822f, 0.4465f};
 const float CFX_CIFAR10_STD[CFX_IMAGE_CHANNELS] = {0.2470f, 0.2435f, 0.2616f};
 
+static uint64_t augment_bits(const cfx_augment *aug, int epoch, int index)
+{
+    return cfx_hash3(aug->seed ^ 0x4155474DULL /* "AUGM" */, (uint64_t)epoch, (uint64_t)index);
+}
+
 void cfx_augment_draw(const cfx_augment *aug, int index, int *dy, int *dx, int *flip)
 {
-    uint64_t r = cfx_hash3(aug->seed ^ 0x4155474DULL /* "AUGM" */, (uint64_t)aug->epoch,
-                           (uint64_t)index);
-    int span = 2 * CFX_CROP_PADDING + 1;
+    uint64_t r = augment_bits(aug, aug->epoch, index);
+    int span = 2 * aug->padding + 1;
     *dy = (int)(r % (uint64_t)span);
     *dx = (int)((r >> 16) % (uint64_t)span);
     *flip = (int)((r >> 32) & 1);
+    if (aug->flip == CFX_FLIP_NONE)
+        *flip = 0;
+    else if (aug->flip == CFX_FLIP_ALTERNATING && aug->epoch > 1) /* epoch 1's, alternating */
+        *flip = (int)((augment_bits(aug, 1, index) >> 32) & 1) ^ ((aug->epoch - 1) & 1);
 }
 
 /* (x / 255 - mean) / std for every byte value, as ToTensor + Normalize. */
@@ -69,18 +77,18 @@ static void fill_image(float *out, int n, int i, const uint8_t *px,
 void cfx_batch_fill(float *out, int *labels, const cfx_dataset *ds, const int *indices, int n,
                     const cfx_augment *aug)
 {
-    enum { P = CFX_CROP_PADDING };
     float lut[CFX_IMAGE_CHANNELS][256];
     normalise_table(lut);
+    const int on = aug && aug->enabled, P = on ? aug->padding : 0;
     for (int i = 0; i < n; i++) {
         int idx = indices[i];
         uint8_t buf[CFX_RECORD_BYTES];
         const uint8_t *record = cfx_dataset_read(ds, idx, buf);
         labels[i] = record[0];
         int dy = P, dx = P, flip = 0;
-        if (aug && aug->enabled)
+        if (on)
             cfx_augment_draw(aug, idx, &dy, &dx, &flip);
-        cfx_view v = {dy - P, dx - P, flip, 0};
+        cfx_view v = {dy - P, dx - P, flip, on && aug->reflect};
         fill_image(out, n, i, record + 1, lut, &v);
     }
 }

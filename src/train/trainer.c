@@ -356,6 +356,16 @@ static int write_lr_log(const trainer *t, cfx_error *err)
     return rc;
 }
 
+/* The augmentation of training images in `epoch`, from data.*. */
+static cfx_augment train_augment(const cfx_config *cfg, int epoch)
+{
+    cfx_flip_mode flip = !strcmp(cfg->flip, "alternating") ? CFX_FLIP_ALTERNATING
+                         : !strcmp(cfg->flip, "none")      ? CFX_FLIP_NONE
+                                                           : CFX_FLIP_RANDOM;
+    return (cfx_augment){cfg->augment, cfg->seed, epoch, cfg->crop_padding,
+                         !strcmp(cfg->pad_mode, "reflect"), flip};
+}
+
 /* BatchNorm's batch sums of the replicas of every rank, exactly. */
 static void reduce_rows_exact(void *ctx, const double *rows, int n_rows, int n, double *total)
 {
@@ -549,7 +559,7 @@ static int train_step(trainer *t, int epoch, int step, cfx_error *err)
     int gstart = step * B, glen = n_train - gstart < B ? n_train - gstart : B;
     int start, count;
     cfx_dist_slice(glen, t->d->rank, t->d->size, &start, &count);
-    cfx_augment aug = {t->cfg->augment, t->cfg->seed, epoch};
+    cfx_augment aug = train_augment(t->cfg, epoch);
     double t0 = cfx_now();
     cfx_batch_fill(m->acts[0], t->labels, &t->train_ds, t->perm + gstart + start, count, &aug);
     t->pt.data += cfx_now() - t0;
@@ -634,7 +644,7 @@ static int fill_chunks(trainer *t, int epoch, int step, int glen)
     const int B = t->cfg->batch_size, cs = t->cfg->chunk;
     int first, n_chunks;
     cfx_dist_slice((glen + cs - 1) / cs, t->d->rank, t->d->size, &first, &n_chunks);
-    cfx_augment aug = {t->cfg->augment, t->cfg->seed, epoch};
+    cfx_augment aug = train_augment(t->cfg, epoch);
     for (int r = 0; r < t->n_reps; r++) {
         int start = (first + r) * cs, count = r < n_chunks ? glen - start : 0;
         t->rep_counts[r] = count < cs ? count : cs;

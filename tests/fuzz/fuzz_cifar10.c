@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int labels[MAX_IMAGES], indices[MAX_IMAGES];
     for (int i = 0; i < n; i++)
         indices[i] = ds.n - 1 - i;
-    cfx_augment aug = {1, size, (int)(data[0] % 7)};
+    cfx_augment aug = {1, size, (int)(data[0] % 7), CFX_CROP_PADDING, data[0] & 1, CFX_FLIP_RANDOM};
     cfx_batch_fill(images, labels, &ds, indices, n, &aug);
     for (int i = 0; i < n; i++)
         if (labels[i] < 0 || labels[i] >= CFX_NUM_CLASSES)
