@@ -558,7 +558,7 @@ typedef struct {
     const char *name; /* record prefix in the fixture */
     const char *optim;
     double lr, beta1, beta2, eps, momentum, weight_decay;
-    int nesterov;
+    int nesterov, decoupled;
 } optim_case;
 
 static void run_optim_case(const fixture *fx, const optim_case *oc)
@@ -586,6 +586,7 @@ static void run_optim_case(const fixture *fx, const optim_case *oc)
     cfg.lr = oc->lr, cfg.beta1 = oc->beta1, cfg.beta2 = oc->beta2, cfg.eps = oc->eps;
     cfg.momentum = oc->momentum, cfg.weight_decay = oc->weight_decay;
     cfg.nesterov = oc->nesterov;
+    cfg.decoupled_weight_decay = oc->decoupled;
 
     const fix_tensor *p0 = fixture_find(fx, "param");
     size_t n = p0->n;
@@ -611,8 +612,9 @@ static void test_adam_matches_torch(void **state)
 {
     (void)state;
     static const optim_case cases[] = {
-        {"adam", "adam", 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0},
-        {"adam_wd", "adam", 1e-3, 0.9, 0.999, 1e-8, 0.0, 1e-2, 0},
+        {"adam", "adam", 1e-3, 0.9, 0.999, 1e-8, 0.0, 0.0, 0, 0},
+        {"adam_wd", "adam", 1e-3, 0.9, 0.999, 1e-8, 0.0, 1e-2, 0, 0},
+        {"adamw", "adam", 1e-2, 0.9, 0.999, 1e-8, 0.0, 0.5, 0, 1},
     };
     fixture fx;
     fixture_load(&fx, "adam.bin");
@@ -625,8 +627,8 @@ static void test_sgd_matches_torch(void **state)
 {
     (void)state;
     static const optim_case cases[] = {
-        {"sgd", "sgd", 1e-2, 0.0, 0.0, 0.0, 0.9, 5e-4, 0},
-        {"sgd_nesterov", "sgd", 1e-2, 0.0, 0.0, 0.0, 0.9, 5e-4, 1},
+        {"sgd", "sgd", 1e-2, 0.0, 0.0, 0.0, 0.9, 5e-4, 0, 0},
+        {"sgd_nesterov", "sgd", 1e-2, 0.0, 0.0, 0.0, 0.9, 5e-4, 1, 0},
     };
     fixture fx;
     fixture_load(&fx, "sgd.bin");

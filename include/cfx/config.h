@@ -37,6 +37,7 @@ typedef struct {
     char optim_name[16]; /* adam | sgd */
     double lr, beta1, beta2, eps, momentum, weight_decay;
     int nesterov;
+    int decoupled_weight_decay; /* AdamW-style: params shrink by lr x weight_decay */
     char schedule[16];      /* constant | linear | cosine | step | onecycle */
     long warmup_steps;      /* linear warm-up (onecycle: the rising phase) */
     double final_lr_factor; /* linear, cosine: the last step's lr / optim.lr */

@@ -13,6 +13,7 @@ typedef struct {
     cfx_optim_kind kind;
     double lr, beta1, beta2, eps, momentum, weight_decay;
     int nesterov;
+    int decoupled; /* weight decay as param *= 1 - lr x weight_decay (AdamW) */
     size_t n;
     long step;   /* updates done so far */
     float *m;    /* Adam: first moment (exp_avg); SGD: momentum buffer */

@@ -74,6 +74,11 @@ static const key_def KEYS[] = {
     {"optim", "weight_decay", KEY_DOUBLE, FIELD(weight_decay), 0, 1, NULL, "0",
      "L2 penalty added to the gradient (as torch.optim)"},
     {"optim", "nesterov", KEY_BOOL, FIELD(nesterov), 0, 1, NULL, "false", "SGD Nesterov momentum"},
+    {"optim", "decoupled_weight_decay", KEY_BOOL, FIELD(decoupled_weight_decay), 0, 1, NULL,
+     "false",
+     "weight decay decoupled from the gradient: every step multiplies the parameters by "
+     "1 - lr x weight_decay (torch.optim.AdamW; for SGD the same rule) instead of adding "
+     "weight_decay x param to the gradient (torch's weight_decay)"},
     {"optim", "schedule", KEY_STRING, FIELD(schedule), 0, 0, "constant|linear|cosine|step|onecycle",
      "constant",
      "learning rate per step: constant; linear or cosine decay to final_lr_factor x lr; step "

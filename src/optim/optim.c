@@ -17,6 +17,7 @@ int cfx_optim_create(cfx_optim *opt, const cfx_config *cfg, size_t n, cfx_error 
     opt->lr = cfg->lr, opt->beta1 = cfg->beta1, opt->beta2 = cfg->beta2, opt->eps = cfg->eps;
     opt->momentum = cfg->momentum, opt->weight_decay = cfg->weight_decay;
     opt->nesterov = cfg->nesterov;
+    opt->decoupled = cfg->decoupled_weight_decay;
     opt->n = n;
     opt->m = cfx_calloc(n, sizeof(float));
     if (opt->kind == CFX_OPTIM_ADAM)
@@ -64,13 +65,27 @@ static void sgd_step(cfx_optim *o, float *p, const float *g)
     }
 }
 
+/* Decoupled weight decay, before the update (torch.optim.AdamW). */
+static void decay_params(const cfx_optim *o, float *p)
+{
+    const float keep = (float)(1.0 - o->lr * o->weight_decay);
+    for (size_t i = 0; i < o->n; i++)
+        p[i] *= keep;
+}
+
 void cfx_optim_step(cfx_optim *opt, float *params, const float *grads)
 {
     opt->step++;
+    double coupled = opt->weight_decay;
+    if (opt->decoupled && opt->weight_decay != 0.0) {
+        decay_params(opt, params);
+        opt->weight_decay = 0.0; /* not added to the gradient as well */
+    }
     if (opt->kind == CFX_OPTIM_ADAM)
         adam_step(opt, params, grads);
     else
         sgd_step(opt, params, grads);
+    opt->weight_decay = coupled;
 }
 
 /* ---- learning-rate schedules ----------------------------------------------- */
