@@ -72,6 +72,22 @@ ranks)
     [ "$v1" != "$(h5dump -a test_loss "$work/np1/logs/metrics.h5" | grep '(0)')" ] ||
         { echo "FAIL: the TTA test loss equals the plain one"; exit 1; }
     echo "ok: train.tta=flip recorded, the same on 1 and 3 ranks, not the plain loss"
+    # trainable=false: the frozen convolution keeps its initial weights (1 epoch
+    # or 4), the layers after it train
+    frozen="model.layers=conv2d out=8 kernel=3 padding=1 trainable=false; relu; maxpool2d kernel=4;"
+    frozen="$frozen flatten; linear out=10"
+    run 1 "$work/frozen4" --set "$frozen"
+    run 1 "$work/frozen1" --set "$frozen" --set train.epochs=1
+    for d in 0.weight 0.bias; do
+        h5diff "$work/frozen1/checkpoints/last.h5" "$work/frozen4/checkpoints/last.h5" \
+            "/model/$d" "/model/$d" > /dev/null || { echo "FAIL: frozen $d changed"; exit 1; }
+    done
+    if h5diff "$work/frozen1/checkpoints/last.h5" "$work/frozen4/checkpoints/last.h5" \
+        /model/4.weight /model/4.weight > /dev/null; then
+        echo "FAIL: the linear layer after the frozen convolution did not train"
+        exit 1
+    fi
+    echo "ok: trainable=false keeps the convolution's weights, the head trains"
     # optim.schedule: every step's learning rate in logs/learning_rate.csv,
     # the last step's of each epoch in the metrics (linear decay to 0 over 64 steps)
     run 1 "$work/linear" --set optim.schedule=linear

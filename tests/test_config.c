@@ -513,6 +513,31 @@ static void test_layers(void **state)
     assert_layer(&layers[4], "flatten", 0, 0, 0, 0);
     assert_layer(&layers[5], "linear", 7, 0, 0, 0);
 
+    /* The options every layer takes, and those of the new types, round trip. */
+    const char *more = "conv2d out=4 kernel=3 bias=false dirac=true trainable=false name=c1;"
+                       "batchnorm2d eps=1e-12 momentum=0.6 affine=false sync=false lr_scale=64;"
+                       "gelu in=c1; add in=-1,c1; avgpool; flatten; linear out=10 scale=0.111 "
+                       "decay_scale=0 name=fc; basicblock out=8 stride=2 name=layer2.0";
+    cfx_layer_spec ml[CFX_MAX_LAYERS];
+    int nm;
+    if (cfx_parse_layers(more, ml, &nm, &err) != 0)
+        fail_msg("%s", err.msg);
+    assert_int_equal(nm, 8);
+    assert_true(ml[0].lr_scale == 0.0 && ml[0].decay_scale == 0.0 && ml[0].dirac && !ml[0].bias);
+    assert_true(ml[1].eps == 1e-12 && ml[1].momentum == 0.6 && !ml[1].sync && ml[1].lr_scale == 64);
+    assert_string_equal(ml[3].inputs[0], "-1");
+    assert_true(ml[6].scale == 0.111 && ml[6].decay_scale == 0.0);
+    for (int i = 0; i < nm; i++) {
+        char buf[256];
+        cfx_layer_spec back;
+        int one;
+        cfx_layer_spec_format(&ml[i], buf, sizeof buf);
+        assert_int_equal(cfx_parse_layers(buf, &back, &one, &err), 0);
+        assert_memory_equal(&back, &ml[i], sizeof back);
+    }
+    expect_layers_fail("relu lr_scale=-1", "bad option 'lr_scale=-1'");
+    expect_layers_fail("relu trainable=maybe", "bad option 'trainable=maybe'");
+
     /* Formatting gives text that parses back to the same layer. */
     for (int i = 0; i < n; i++) {
         char buf[128];

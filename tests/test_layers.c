@@ -711,11 +711,42 @@ static void test_residual_grad(void **state)
     const fd_tol bn_tol = {.h = 4e-3f, .rel2 = 2e-2, .elem = 0.2, .max_skip = 0.4};
     check_model("residual, training mode", resnet, 8, 8, 3, 4, 21, 0, &bn_tol);
     check_model("residual, eval mode", resnet, 8, 8, 3, 4, 22, 1, &bn_tol);
+    check_model("scaled linear head, frozen conv",
+                "conv2d out=3 kernel=3 padding=1 trainable=false; relu; flatten;"
+                "linear out=6 scale=2; relu; linear out=4 scale=-1.5 lr_scale=64",
+                5, 5, 2, 2, 26, 0, NULL);
     check_model("gelu, avgpool, shared output",
                 "conv2d out=3 kernel=3 padding=1; gelu name=g; conv2d out=3 kernel=1;"
                 "add in=g,-1; batchnorm2d affine=false; maxpool2d kernel=3 stride=1; avgpool;"
                 "flatten; linear out=4 bias=false",
                 6, 6, 2, 2, 23, 0, NULL);
+}
+
+/* dirac=true: torch.nn.init.dirac_, so with zero bias the convolution
+ * passes input channels 0..2 through and output channel 3 is zero. */
+static void test_dirac_init(void **state)
+{
+    (void)state;
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n_specs;
+    cfx_error err;
+    cfx_model m;
+    if (cfx_parse_layers("conv2d out=4 kernel=3 padding=1 dirac=true; flatten; linear out=2",
+                         specs, &n_specs, &err) != 0 ||
+        cfx_model_create(&m, specs, n_specs, 3, 6, 6, 2, 0, &err) != 0)
+        fail_msg("%s", err.msg);
+    cfx_model_init_params(&m, 3);
+    memset(m.params + m.layers[0].bias_offset, 0, m.layers[0].n_bias * sizeof(float));
+    cfx_rng_seed(&rng, 4);
+    fill(m.acts[0], (size_t)3 * 2 * 36, -1, 1);
+    cfx_model_forward(&m, 2);
+    const float *out = m.acts[1]; /* [4][2][6][6] */
+    for (int c = 0; c < 3; c++)
+        assert_memory_equal(out + (size_t)c * 2 * 36, m.acts[0] + (size_t)c * 2 * 36,
+                            2 * 36 * sizeof(float));
+    for (int j = 0; j < 2 * 36; j++)
+        assert_true(out[3 * 2 * 36 + j] == 0.0f);
+    cfx_model_free(&m);
 }
 
 static int report(void **state)
@@ -740,6 +771,7 @@ int main(void)
         cmocka_unit_test(test_softmax_xent_stable),
         cmocka_unit_test(test_model_grad),
         cmocka_unit_test(test_residual_grad),
+        cmocka_unit_test(test_dirac_init),
     };
     /* clang-format on */
     return cmocka_run_group_tests(tests, NULL, report);

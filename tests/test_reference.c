@@ -637,6 +637,39 @@ static void test_sgd_matches_torch(void **state)
     fixture_free(&fx);
 }
 
+/* Parameter groups (torch's param_groups): the first half of the
+ * parameters at 64x the learning rate and without weight decay. */
+static void test_param_groups_match_torch(void **state)
+{
+    (void)state;
+    fixture fx;
+    fixture_load(&fx, "sgd.bin");
+    cfx_config cfg;
+    cfx_config_defaults(&cfg);
+    snprintf(cfg.optim_name, sizeof cfg.optim_name, "sgd");
+    cfg.lr = 0.01, cfg.momentum = 0.9, cfg.weight_decay = 5e-4, cfg.nesterov = 1;
+    const fix_tensor *p0 = fixture_find(&fx, "param");
+    size_t n = p0->n;
+    cfx_optim opt;
+    cfx_error err;
+    if (cfx_optim_create(&opt, &cfg, n, &err) != 0)
+        fail_msg("%s", err.msg);
+    cfx_optim_set_group(&opt, 0, n / 2, 64.0, 0.0);
+    float *p = malloc(n * sizeof *p);
+    memcpy(p, p0->data, n * sizeof *p);
+    printf("sgd with parameter groups vs torch:\n");
+    for (int k = 1; k <= OPT_STEPS; k++) {
+        char key[64];
+        snprintf(key, sizeof key, "grad.%d", k);
+        cfx_optim_step(&opt, p, fixture_get(&fx, key, n)->data);
+        snprintf(key, sizeof key, "sgd_groups.step.%d", k);
+        check_close(key, p, fixture_get(&fx, key, n)->data, n, OPTIM_TOL);
+    }
+    free(p);
+    cfx_optim_free(&opt);
+    fixture_free(&fx);
+}
+
 /* ---- init distribution ------------------------------------------------------- */
 
 /* cfx_model_init_params draws U(+-1/sqrt(fan_in)) like torch: every value in
@@ -713,6 +746,7 @@ int main(void)
         cmocka_unit_test(test_schedules_match_torch),
         cmocka_unit_test(test_adam_matches_torch),
         cmocka_unit_test(test_sgd_matches_torch),
+        cmocka_unit_test(test_param_groups_match_torch),
         cmocka_unit_test(test_init_distribution),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

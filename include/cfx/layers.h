@@ -33,8 +33,11 @@ typedef struct {
     char inputs[CFX_MAX_INPUTS][CFX_NAME_LEN]; /* layer names or "-k" ("" = previous) */
     int n_inputs;                              /* given with in=; 0 = the previous layer */
     int out, kernel, stride, padding;          /* integer options */
-    int bias, affine, sync;                    /* boolean options */
-    double eps, momentum;                      /* real options */
+    int bias, affine, sync, dirac;             /* boolean options */
+    double eps, momentum, scale;               /* real options */
+    /* every layer: its parameters' learning-rate and weight-decay multipliers
+     * (parameter groups; trainable=false sets both to 0) */
+    double lr_scale, decay_scale;
 } cfx_layer_spec;
 
 /* One option of a layer type: a field of cfx_layer_spec. */
@@ -69,6 +72,7 @@ typedef enum {
     CFX_INIT_FAN_IN, /* U(+-1/sqrt(fan_in)), PyTorch's default for conv and linear */
     CFX_INIT_ZERO,
     CFX_INIT_ONE,
+    CFX_INIT_DIRAC, /* torch.nn.init.dirac_: a convolution that passes its input through */
 } cfx_tensor_init;
 typedef struct {
     char suffix[24]; /* "weight": the key is "<layer name>.weight" */
@@ -147,7 +151,7 @@ extern const int cfx_n_layer_kinds;
 const cfx_layer_kind *cfx_layer_kind_find(const char *name);
 
 /* The options every layer takes besides its own (name=, in=). */
-#define CFX_COMMON_OPTIONS "name=NAME in=A[,B]"
+#define CFX_COMMON_OPTIONS "name=NAME in=A[,B] [lr_scale=X] [decay_scale=X] [trainable=false]"
 
 /* Parses a layer list: entries separated by ';' or newlines. */
 int cfx_parse_layers(const char *text, cfx_layer_spec *layers, int *n_layers, cfx_error *err);

@@ -9,6 +9,13 @@
 
 typedef enum { CFX_OPTIM_ADAM, CFX_OPTIM_SGD } cfx_optim_kind;
 
+/* Parameters [begin, end) with their own learning-rate and weight-decay
+ * multipliers (torch's parameter groups). */
+typedef struct {
+    size_t begin, end;
+    double lr_scale, decay_scale;
+} cfx_optim_group;
+
 typedef struct {
     cfx_optim_kind kind;
     double lr, beta1, beta2, eps, momentum, weight_decay;
@@ -18,11 +25,18 @@ typedef struct {
     long step;   /* updates done so far */
     float *m;    /* Adam: first moment (exp_avg); SGD: momentum buffer */
     float *v;    /* Adam: second moment (exp_avg_sq); SGD: NULL */
+    cfx_optim_group *groups; /* NULL: one group of every parameter, multipliers 1 */
+    int n_groups;
 } cfx_optim;
 
 /* Optimizer named by cfg->optim_name for n parameters, state zeroed. */
 int cfx_optim_create(cfx_optim *opt, const cfx_config *cfg, size_t n, cfx_error *err);
 void cfx_optim_free(cfx_optim *opt);
+
+/* Gives parameters [begin, end) the multipliers lr_scale and decay_scale
+ * (0 and 0: frozen); the others keep 1 and 1. */
+void cfx_optim_set_group(cfx_optim *opt, size_t begin, size_t end, double lr_scale,
+                         double decay_scale);
 
 /* One update of params from grads (torch.optim.Adam / torch.optim.SGD with
  * dampening 0 and maximize false). */

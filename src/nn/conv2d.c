@@ -263,6 +263,7 @@ static const cfx_layer_option conv2d_options[] = {
     {"stride", CFX_OPT_INT, offsetof(cfx_layer_spec, stride), 1, 1, 65536, CFX_OPT_SHOWN, "S"},
     {"padding", CFX_OPT_INT, offsetof(cfx_layer_spec, padding), 0, 0, 65536, CFX_OPT_SHOWN, "P"},
     {"bias", CFX_OPT_BOOL, offsetof(cfx_layer_spec, bias), 1, 0, 1, 0, NULL},
+    {"dirac", CFX_OPT_BOOL, offsetof(cfx_layer_spec, dirac), 0, 0, 1, 0, NULL},
 };
 
 /* in[C][N][H][W] -> out[OC][N][OH][OW]; weight [OC][C][K][K], bias [OC]. */
@@ -277,7 +278,8 @@ static int conv2d_infer(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_er
         ow < 1)
         return cfx_fail(err, "kernel %d does not fit its %dx%d input", s->kernel, in->h, in->w);
     int wdims[4] = {s->out, in->c, s->kernel, s->kernel};
-    cfx_layer_add_tensor(L, "weight", CFX_TENSOR_PARAM, CFX_INIT_FAN_IN, 4, wdims);
+    cfx_layer_add_tensor(L, "weight", CFX_TENSOR_PARAM, s->dirac ? CFX_INIT_DIRAC : CFX_INIT_FAN_IN,
+                         4, wdims);
     if (s->bias)
         cfx_layer_add_tensor(L, "bias", CFX_TENSOR_PARAM, CFX_INIT_FAN_IN, 1, &s->out);
     L->fan_in = in->c * s->kernel * s->kernel;
@@ -323,7 +325,8 @@ static int conv2d_attrs(const cfx_layer *L, cfx_attr *a)
 const cfx_layer_kind cfx_kind_conv2d = {
     .name = "conv2d",
     .torch_name = "Conv2d",
-    .help = "2-D convolution (weight, bias)",
+    .help = "2-D convolution (weight, bias); dirac=true: weight initialised as "
+            "torch.nn.init.dirac_",
     .options = conv2d_options,
     .n_options = sizeof conv2d_options / sizeof conv2d_options[0],
     .n_inputs = 1,

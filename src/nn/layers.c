@@ -47,6 +47,7 @@ void cfx_layer_spec_default(cfx_layer_spec *s, const cfx_layer_kind *kind)
 {
     memset(s, 0, sizeof *s);
     s->kind = kind;
+    s->lr_scale = s->decay_scale = 1.0;
     for (int i = 0; i < kind->n_options; i++)
         option_set(s, &kind->options[i], kind->options[i].def);
 }
@@ -106,6 +107,27 @@ static int parse_number(const cfx_layer_option *o, const char *v, double *out)
     return *out = x, 0;
 }
 
+/* lr_scale=X, decay_scale=X (>= 0) or trainable=true|false. */
+static int parse_group_option(cfx_layer_spec *s, const char *opt, const char *v, cfx_error *err)
+{
+    if (!strcmp(opt, "trainable")) {
+        if (strcmp(v, "true") && strcmp(v, "false"))
+            return cfx_fail(err, "model.layers: %s: bad option 'trainable=%s' (expected "
+                                 "trainable=true|false)", s->kind->name, v);
+        if (!strcmp(v, "false"))
+            s->lr_scale = s->decay_scale = 0.0;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !(x >= 0.0 && x <= 1e6))
+        return cfx_fail(err, "model.layers: %s: bad option '%s=%s' (expected a number 0..1e6)",
+                        s->kind->name, opt, v);
+    *(!strcmp(opt, "lr_scale") ? &s->lr_scale : &s->decay_scale) = x;
+    return 0;
+}
+
 /* One option "key=value" of spec s. */
 static int parse_option(cfx_layer_spec *s, char *opt, unsigned *given, cfx_error *err)
 {
@@ -127,6 +149,8 @@ static int parse_option(cfx_layer_spec *s, char *opt, unsigned *given, cfx_error
     }
     if (!strcmp(opt, "in"))
         return parse_inputs(s, v, err);
+    if (!strcmp(opt, "lr_scale") || !strcmp(opt, "decay_scale") || !strcmp(opt, "trainable"))
+        return parse_group_option(s, opt, v, err);
     for (int i = 0; i < k->n_options; i++) {
         const cfx_layer_option *o = &k->options[i];
         if (strcmp(opt, o->name) != 0)
@@ -256,6 +280,19 @@ void cfx_layer_spec_format(const cfx_layer_spec *s, char *buf, size_t len)
             format_real(value, sizeof value, v);
         append(buf, len, &used, " %s=", o->name, "");
         append(buf, len, &used, "%s%s", value, "");
+    }
+    char num[32];
+    if (s->lr_scale == 0.0 && s->decay_scale == 0.0) {
+        append(buf, len, &used, " trainable=false%s%s", "", "");
+    } else {
+        if (s->lr_scale != 1.0) {
+            format_real(num, sizeof num, s->lr_scale);
+            append(buf, len, &used, " lr_scale=%s%s", num, "");
+        }
+        if (s->decay_scale != 1.0) {
+            format_real(num, sizeof num, s->decay_scale);
+            append(buf, len, &used, " decay_scale=%s%s", num, "");
+        }
     }
     if (s->name[0])
         append(buf, len, &used, " name=%s%s", s->name, "");

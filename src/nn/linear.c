@@ -45,7 +45,15 @@ static const cfx_layer_option linear_options[] = {
     {"out", CFX_OPT_INT, offsetof(cfx_layer_spec, out), 0, 1, 1 << 24,
      CFX_OPT_REQUIRED | CFX_OPT_SHOWN, "N"},
     {"bias", CFX_OPT_BOOL, offsetof(cfx_layer_spec, bias), 1, 0, 1, 0, NULL},
+    {"scale", CFX_OPT_REAL, offsetof(cfx_layer_spec, scale), 1, -1e6, 1e6, 0, "X"},
 };
+
+/* x[0..n) *= s */
+static void scale_in_place(float *x, size_t n, float s)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] *= s;
+}
 
 /* in[N][in_f] -> out[N][out]; weight [out][in_f], bias [out]. */
 static int linear_infer(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_error *err)
@@ -67,10 +75,14 @@ static void linear_layer_forward(cfx_model *m, cfx_layer *L, int n)
     cfx_linear_forward(cfx_layer_output(m, L), cfx_layer_input(m, L, 0),
                        m->params + L->weight_offset,
                        L->spec.bias ? m->params + L->bias_offset : NULL, n, L->in_c, L->out_c);
+    if (L->spec.scale != 1.0) /* out = scale x (x W^T + b) */
+        scale_in_place(cfx_layer_output(m, L), (size_t)n * L->out_c, (float)L->spec.scale);
 }
 
 static void linear_layer_backward(cfx_model *m, cfx_layer *L, int n, float *const *din)
 {
+    if (L->spec.scale != 1.0) /* only this layer reads its output's gradient: scaled in place */
+        scale_in_place(cfx_layer_dout(m, L), (size_t)n * L->out_c, (float)L->spec.scale);
     cfx_linear_backward(din[0], m->grads + L->weight_offset,
                         L->spec.bias ? m->grads + L->bias_offset : NULL, cfx_layer_dout(m, L),
                         cfx_layer_input(m, L, 0), m->params + L->weight_offset, n, L->in_c,
@@ -90,7 +102,7 @@ static int linear_attrs(const cfx_layer *L, cfx_attr *a)
 const cfx_layer_kind cfx_kind_linear = {
     .name = "linear",
     .torch_name = "Linear",
-    .help = "fully connected (weight, bias)",
+    .help = "fully connected (weight, bias); scale=X multiplies its output",
     .options = linear_options,
     .n_options = sizeof linear_options / sizeof linear_options[0],
     .n_inputs = 1,

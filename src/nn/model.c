@@ -187,9 +187,11 @@ static int add_entry(cfx_model *m, const cfx_layer_spec *s, int j, int *entry_ou
     else
         snprintf(prefix, sizeof prefix, "%d", m->n_layers);
     sc.block = prefix, sc.block_in = src;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        sub[i].lr_scale = s->lr_scale, sub[i].decay_scale = s->decay_scale; /* the block's group */
         if (add_layer(m, &sub[i], &sc, err) != 0)
             return -1;
+    }
     entry_out[j] = m->n_layers - 1;
     return 0;
 }
@@ -394,6 +396,16 @@ void cfx_model_free(cfx_model *m)
 
 /* ---- init, forward, backward ---------------------------------------------- */
 
+/* torch.nn.init.dirac_ of a weight [OC][C][K][K]: output channel i copies
+ * input channel i (i < min(OC, C)) through the kernel's centre. */
+static void init_dirac(float *w, const cfx_tensor *T)
+{
+    const int OC = T->dims[0], C = T->dims[1], KH = T->dims[2], KW = T->dims[3];
+    memset(w, 0, T->count * sizeof *w);
+    for (int i = 0; i < OC && i < C; i++)
+        w[(((size_t)i * C + i) * KH + KH / 2) * KW + KW / 2] = 1.0f;
+}
+
 void cfx_model_init_params(cfx_model *m, uint64_t seed)
 {
     cfx_rng rng;
@@ -406,6 +418,10 @@ void cfx_model_init_params(cfx_model *m, uint64_t seed)
             if (T->store == CFX_TENSOR_COUNT)
                 continue;
             float *p = cfx_layer_tensor(m, L, t);
+            if (T->init == CFX_INIT_DIRAC) {
+                init_dirac(p, T);
+                continue;
+            }
             float bound = T->init == CFX_INIT_FAN_IN ? 1.0f / sqrtf((float)L->fan_in) : 0.0f;
             for (size_t j = 0; j < T->count; j++)
                 p[j] = T->init == CFX_INIT_FAN_IN ? (2.0f * cfx_rng_float(&rng) - 1.0f) * bound

@@ -29,20 +29,23 @@ void cfx_optim_free(cfx_optim *opt)
 {
     free(opt->m);
     free(opt->v);
+    free(opt->groups);
     memset(opt, 0, sizeof *opt);
 }
 
-static void adam_step(cfx_optim *o, float *p, const float *g)
+/* Parameters [begin, end) of p with learning rate lr and weight decay wd. */
+static void adam_step(cfx_optim *o, float *p, const float *g, size_t begin, size_t end,
+                      double lr, double weight_decay)
 {
     /* torch: bias corrections in double, the tensor math in float. */
     double bc1 = 1.0 - pow(o->beta1, (double)o->step);
     double bc2 = 1.0 - pow(o->beta2, (double)o->step);
-    const float step_size = (float)(o->lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     const float b1 = (float)o->beta1, b2 = (float)o->beta2;
     const float one_b1 = (float)(1.0 - o->beta1), one_b2 = (float)(1.0 - o->beta2);
-    const float eps = (float)o->eps, wd = (float)o->weight_decay;
+    const float eps = (float)o->eps, wd = (float)weight_decay;
     float *m = o->m, *v = o->v;
-    for (size_t i = 0; i < o->n; i++) {
+    for (size_t i = begin; i < end; i++) {
         float gi = wd != 0.0f ? g[i] + wd * p[i] : g[i];
         m[i] = m[i] * b1 + one_b1 * gi;
         v[i] = v[i] * b2 + one_b2 * gi * gi;
@@ -51,11 +54,12 @@ static void adam_step(cfx_optim *o, float *p, const float *g)
     }
 }
 
-static void sgd_step(cfx_optim *o, float *p, const float *g)
+static void sgd_step(cfx_optim *o, float *p, const float *g, size_t begin, size_t end,
+                     double lr_d, double weight_decay)
 {
-    const float lr = (float)o->lr, mu = (float)o->momentum, wd = (float)o->weight_decay;
+    const float lr = (float)lr_d, mu = (float)o->momentum, wd = (float)weight_decay;
     float *buf = o->m;
-    for (size_t i = 0; i < o->n; i++) {
+    for (size_t i = begin; i < end; i++) {
         float d = wd != 0.0f ? g[i] + wd * p[i] : g[i];
         if (mu != 0.0f) {
             buf[i] = o->step == 1 ? d : buf[i] * mu + d; /* torch clones d on the first step */
@@ -65,27 +69,45 @@ static void sgd_step(cfx_optim *o, float *p, const float *g)
     }
 }
 
-/* Decoupled weight decay, before the update (torch.optim.AdamW). */
-static void decay_params(const cfx_optim *o, float *p)
+void cfx_optim_set_group(cfx_optim *opt, size_t begin, size_t end, double lr_scale,
+                         double decay_scale)
 {
-    const float keep = (float)(1.0 - o->lr * o->weight_decay);
-    for (size_t i = 0; i < o->n; i++)
-        p[i] *= keep;
+    opt->groups = realloc(opt->groups, ((size_t)opt->n_groups + 1) * sizeof *opt->groups);
+    if (!opt->groups)
+        abort();
+    opt->groups[opt->n_groups++] = (cfx_optim_group){begin, end, lr_scale, decay_scale};
+}
+
+/* Parameters [begin, end) with one group's multipliers. */
+static void step_range(cfx_optim *o, float *p, const float *g, size_t begin, size_t end,
+                       double lr_scale, double decay_scale)
+{
+    const double lr = o->lr * lr_scale, wd = o->weight_decay * decay_scale;
+    if (o->decoupled && wd != 0.0) { /* torch.optim.AdamW: decay before the update */
+        const float keep = (float)(1.0 - lr * wd);
+        for (size_t i = begin; i < end; i++)
+            p[i] *= keep;
+    }
+    const double coupled = o->decoupled ? 0.0 : wd;
+    if (o->kind == CFX_OPTIM_ADAM)
+        adam_step(o, p, g, begin, end, lr, coupled);
+    else
+        sgd_step(o, p, g, begin, end, lr, coupled);
 }
 
 void cfx_optim_step(cfx_optim *opt, float *params, const float *grads)
 {
     opt->step++;
-    double coupled = opt->weight_decay;
-    if (opt->decoupled && opt->weight_decay != 0.0) {
-        decay_params(opt, params);
-        opt->weight_decay = 0.0; /* not added to the gradient as well */
+    size_t done = 0; /* groups are in order; the gaps between them have multipliers 1 */
+    for (int k = 0; k < opt->n_groups; k++) {
+        const cfx_optim_group *gr = &opt->groups[k];
+        if (gr->begin > done)
+            step_range(opt, params, grads, done, gr->begin, 1.0, 1.0);
+        step_range(opt, params, grads, gr->begin, gr->end, gr->lr_scale, gr->decay_scale);
+        done = gr->end;
     }
-    if (opt->kind == CFX_OPTIM_ADAM)
-        adam_step(opt, params, grads);
-    else
-        sgd_step(opt, params, grads);
-    opt->weight_decay = coupled;
+    if (done < opt->n)
+        step_range(opt, params, grads, done, opt->n, 1.0, 1.0);
 }
 
 /* ---- learning-rate schedules ----------------------------------------------- */

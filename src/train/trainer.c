@@ -356,6 +356,22 @@ static int write_lr_log(const trainer *t, cfx_error *err)
     return rc;
 }
 
+/* Parameter groups: the tensors of layers with lr_scale or decay_scale (or
+ * trainable=false) get their multipliers in the optimizer. */
+static void set_param_groups(cfx_optim *o, const cfx_model *m)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        const cfx_layer *L = &m->layers[i];
+        if (L->spec.lr_scale == 1.0 && L->spec.decay_scale == 1.0)
+            continue;
+        for (int k = 0; k < L->n_tensors; k++)
+            if (L->tensors[k].store == CFX_TENSOR_PARAM)
+                cfx_optim_set_group(o, L->tensors[k].offset,
+                                    L->tensors[k].offset + L->tensors[k].count,
+                                    L->spec.lr_scale, L->spec.decay_scale);
+    }
+}
+
 /* The augmentation of training images in `epoch`, from data.*. */
 static cfx_augment train_augment(const cfx_config *cfg, int epoch)
 {
@@ -429,6 +445,8 @@ static int trainer_setup(trainer *t, cfx_error *err)
         ok = cfx_fail(err, "model.layers: the last layer has %d outputs, CIFAR-10 has %d classes",
                       t->model.n_classes, CFX_NUM_CLASSES) == 0;
     ok = ok && cfx_optim_create(&t->optim, cfg, t->model.n_params, err) == 0;
+    if (ok)
+        set_param_groups(&t->optim, &t->model);
     ok = ok && (!t->exact_mode || setup_replicas(t, err) == 0);
     if (ok && t->root)
         ok =
