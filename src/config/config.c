@@ -102,9 +102,10 @@ static const key_def KEYS[] = {
      "chunks and every sum over the batch is exact (int64 fixed point), so the model is "
      "bitwise the same for any rank count; float: one float allreduce of each rank's slice "
      "(order depends on the rank count)"},
-    {"dist", "chunk", KEY_INT, FIELD(chunk), 1, 65536, NULL, "8",
+    {"dist", "chunk", KEY_INT, FIELD(chunk), 1, 65536, NULL, "16",
      "images per chunk of the exact reduction: the unit of work a rank owns; larger chunks "
-     "cost less to reduce, smaller ones share a batch among more ranks"},
+     "cost less (fewer sums, larger kernels), smaller ones share a batch among more ranks "
+     "(at most batch_size / chunk ranks have work)"},
     {"runtime", "blas_threads", KEY_INT, FIELD(blas_threads), 0, 1024, NULL, "0",
      "OpenBLAS threads per rank (0 = cores of the node / ranks on the node)"},
 };
