@@ -433,23 +433,13 @@ void cfx_model_init_params(cfx_model *m, uint64_t seed)
 
 void cfx_model_set_training(cfx_model *m, int training) { m->training = training != 0; }
 
-/* The largest number of doubles a layer's batch sums need. */
-static int sums_width(const cfx_model *m)
-{
-    int width = 1;
-    for (int i = 0; i < m->n_layers; i++)
-        if (m->layers[i].kind->sums && CFX_MAX_SUMS(m->layers[i].out_c) > width)
-            width = CFX_MAX_SUMS(m->layers[i].out_c);
-    return width;
-}
-
 /* Phases [p0, p1) of layer L's batch sums in a single model: summed over
  * ranks by m->reduce (unless the layer keeps them local). */
 static void batch_sums(cfx_model *m, cfx_layer *L, int n, int p0, int p1)
 {
     if (!L->kind->sums)
         return;
-    double *buf = cfx_malloc((size_t)sums_width(m) * sizeof *buf);
+    double *buf = cfx_malloc((size_t)CFX_MAX_SUMS(L->out_c) * sizeof *buf);
     for (int p = p0; p < p1; p++) {
         int k = L->kind->sums(m, L, n, p, buf);
         if (k == 0)
@@ -534,7 +524,7 @@ static void replica_sums(cfx_model *const *reps, const int *counts, int n_reps, 
 {
     if (!reps[0]->layers[i].kind->sums)
         return;
-    const int width = sums_width(reps[0]);
+    const int width = CFX_MAX_SUMS(reps[0]->layers[i].out_c); /* this layer's, not the largest */
     double *rows = cfx_malloc(((size_t)n_reps + 2) * width * sizeof *rows);
     double *total = rows + (size_t)(n_reps + 1) * width;
     for (int p = p0; p < p1; p++) {
