@@ -7,7 +7,9 @@
 #   resume  a run stopped mid-epoch on 2 ranks and resumed on 3, and one
 #           resumed on 1, end bitwise equal to the uninterrupted run.
 # The float reduction (dist.reduction = float) is shown to differ, so the
-# comparison can fail.
+# comparison can fail. Run for configs/seed.ini, tests/small_resnet.ini and
+# tests/small_fast.ini (whitening, trainable=bias and lookahead, whose
+# fast weights a resumed run must restore).
 #
 # usage: exact_ranks_test.sh MODE CFX_TRAIN CONFIG DATA_DIR WORK_DIR -- MPIEXEC ARGS...
 set -euo pipefail
@@ -37,6 +39,24 @@ expect_same() {
         exit 1
     fi
     echo "ok: $3: bitwise equal to 1 rank"
+}
+
+# The airbench-style config: the whitening conv's weight (trainable=bias) and
+# BatchNorm's scale stay as initialised while their biases train; with
+# lookahead the run ends elsewhere than without it.
+check_whitening_and_lookahead() {
+    local f1=$work/np1/checkpoints/last.h5 e1=$work/epoch1/checkpoints/last.h5
+    run 1 "$work/epoch1" --set train.epochs=1
+    h5diff "$e1" "$f1" /model/whiten.weight /model/whiten.weight > /dev/null ||
+        { echo "FAIL: trainable=bias: whiten.weight changed"; exit 1; }
+    ! h5diff "$e1" "$f1" /model/whiten.bias /model/whiten.bias > /dev/null ||
+        { echo "FAIL: trainable=bias: whiten.bias did not train"; exit 1; }
+    h5dump -d /model/norm1.weight "$f1" | grep -q '(0): 1, 1, 1' ||
+        { echo "FAIL: trainable=bias: norm1.weight is not 1"; exit 1; }
+    run 1 "$work/nolook" --set optim.lookahead_steps=0
+    ! h5diff "$work/nolook/checkpoints/last.h5" "$f1" /model /model > /dev/null ||
+        { echo "FAIL: optim.lookahead_steps changes nothing"; exit 1; }
+    echo "ok: whitening weight and BatchNorm scale frozen, biases train; lookahead matters"
 }
 
 run 1 "$work/np1"
@@ -100,6 +120,9 @@ ranks)
         exit !(a[1] > 0 && a[2] == 0 && d < 1e-5 * a[1] && b[2] == 0) }' ||
         { echo "FAIL: linear schedule: steps 16, 64 have '$want', the metrics '$got'"; exit 1; }
     echo "ok: optim.schedule=linear: logged and applied ($want)"
+    if grep -q 'whiten=true' "$config"; then
+        check_whitening_and_lookahead
+    fi
     ;;
 resume)
     for to in 3 1; do
@@ -108,6 +131,11 @@ resume)
         code=$?
         set -e
         [ "$code" -eq 3 ] || { echo "FAIL: the stopped run exited with $code, expected 3"; exit 1; }
+        if grep -q '^lookahead_steps = [1-9]' "$config"; then # /model: the average, 2 steps old
+            ! h5diff "$work/stop$to/checkpoints/last.h5" "$work/stop$to/checkpoints/last.h5" \
+                /model/conv1.weight /optimizer/conv1.weight/fast_weights > /dev/null ||
+                { echo "FAIL: lookahead: /model equals the fast weights at step 37"; exit 1; }
+        fi
         run "$to" "$work/stop$to" --resume "$work/stop$to/checkpoints/last.h5"
         expect_same "$work/np1" "$work/stop$to" "stopped on 2 ranks, resumed on $to"
         epochs=$(tail -n +2 "$work/stop$to/logs/metrics.csv" | cut -d, -f1 | tr '\n' ' ')

@@ -749,6 +749,74 @@ static void test_dirac_init(void **state)
     cfx_model_free(&m);
 }
 
+/* identity=true: the default init, then filters 0..2 pass input channels
+ * 0..2 through; filter 3 keeps its random (non-zero) weights. */
+static void test_identity_init(void **state)
+{
+    (void)state;
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n_specs;
+    cfx_error err;
+    cfx_model m;
+    if (cfx_parse_layers("conv2d out=4 kernel=3 padding=1 identity=true; flatten; linear out=2",
+                         specs, &n_specs, &err) != 0 ||
+        cfx_model_create(&m, specs, n_specs, 3, 4, 4, 1, 0, &err) != 0)
+        fail_msg("%s", err.msg);
+    cfx_model_init_params(&m, 3);
+    const float *w = m.params + m.layers[0].weight_offset; /* [4][3][3][3] */
+    for (int f = 0; f < 3; f++)
+        for (int j = 0; j < 27; j++)
+            assert_true(w[f * 27 + j] == (j == f * 9 + 4 ? 1.0f : 0.0f));
+    int nonzero = 0;
+    for (int j = 0; j < 27; j++)
+        nonzero += w[3 * 27 + j] != 0.0f;
+    assert_int_equal(nonzero, 27);
+    cfx_model_free(&m);
+}
+
+/* Whitening: on images whose channels are strongly correlated, the first D
+ * filters of cfx_whiten_weights map the 2x2 patches to outputs with identity
+ * covariance (eps is negligible against the eigenvalues), the last D are
+ * their negatives, and a wrong out= is refused. */
+static void test_whiten_init(void **state)
+{
+    (void)state;
+    enum { N = 40, C = 3, H = 8, W = 8, K = 2, D = C * K * K, P = (H - K + 1) * (W - K + 1) };
+    float *img = falloc((size_t)C * N * H * W), *w = falloc(2 * D * D);
+    cfx_rng_seed(&rng, 11);
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < H * W; j++) { /* a shared component plus noise per channel */
+            float common = urand(-1, 1);
+            for (int c = 0; c < C; c++)
+                img[((size_t)c * N + n) * H * W + j] = 2.0f * common + urand(-0.3f, 0.3f) * (c + 1);
+        }
+    cfx_error err;
+    assert_int_equal(cfx_whiten_weights(w, 2 * D, img, N, C, H, W, K, 1e-9, &err), 0);
+    double cov[D][D] = {{0}};
+    for (int n = 0; n < N; n++)
+        for (int y = 0; y + K <= H; y++)
+            for (int x = 0; x + K <= W; x++) {
+                double out[D] = {0};
+                for (int f = 0; f < D; f++)
+                    for (int c = 0; c < C; c++)
+                        for (int i = 0; i < K * K; i++)
+                            out[f] += (double)w[(f * C + c) * K * K + i] *
+                                      img[((size_t)c * N + n) * H * W + (y + i / K) * W + x + i % K];
+                for (int a = 0; a < D; a++)
+                    for (int b = 0; b < D; b++)
+                        cov[a][b] += out[a] * out[b] / ((double)N * P);
+            }
+    for (int a = 0; a < D; a++)
+        for (int b = 0; b < D; b++)
+            assert_true(fabs(cov[a][b] - (a == b)) < 1e-3);
+    for (int j = 0; j < D * D; j++)
+        assert_true(w[D * D + j] == -w[j]);
+    assert_int_equal(cfx_whiten_weights(w, D, img, N, C, H, W, K, 1e-9, &err), -1);
+    assert_non_null(strstr(err.msg, "out=24"));
+    free(img);
+    free(w);
+}
+
 static int report(void **state)
 {
     (void)state;
@@ -772,6 +840,8 @@ int main(void)
         cmocka_unit_test(test_model_grad),
         cmocka_unit_test(test_residual_grad),
         cmocka_unit_test(test_dirac_init),
+        cmocka_unit_test(test_identity_init),
+        cmocka_unit_test(test_whiten_init),
     };
     /* clang-format on */
     return cmocka_run_group_tests(tests, NULL, report);

@@ -670,6 +670,49 @@ static void test_param_groups_match_torch(void **state)
     fixture_free(&fx);
 }
 
+/* Lookahead (airbench's LookaheadState): every k steps the average moves
+ * toward the weights by 1 - decay^k (step/total)^3 and the weights jump to
+ * it; after the last step (here between updates) the weights are the
+ * average. Checked against the rule computed in double. */
+static void test_lookahead_rule(void **state)
+{
+    (void)state;
+    enum { N = 4, K = 3, TOTAL = 13 };
+    cfx_config cfg;
+    cfx_config_defaults(&cfg);
+    snprintf(cfg.optim_name, sizeof cfg.optim_name, "sgd");
+    cfg.lr = 0.1, cfg.lookahead_steps = K, cfg.lookahead_decay = 0.9;
+    cfx_optim opt;
+    cfx_error err;
+    if (cfx_optim_create(&opt, &cfg, N, &err) != 0)
+        fail_msg("%s", err.msg);
+    float w[N] = {1.0f, -2.0f, 0.5f, 3.0f};
+    double ref_w[N], ref_avg[N];
+    for (int i = 0; i < N; i++)
+        ref_w[i] = ref_avg[i] = w[i];
+    cfx_lookahead_start(&opt, w, N);
+    for (int step = 1; step <= TOTAL; step++) {
+        for (int i = 0; i < N; i++) { /* a stand-in for the optimizer's update */
+            float delta = 0.05f * (float)((step * (i + 1)) % 7) - 0.1f;
+            w[i] += delta, ref_w[i] += delta;
+        }
+        cfx_lookahead_step(&opt, w, step, TOTAL);
+        if (step % K == 0 || step == TOTAL) {
+            double p = (double)step / TOTAL;
+            double a = step % K == 0 ? pow(0.9, K) * p * p * p : 1.0;
+            for (int i = 0; i < N; i++)
+                ref_avg[i] += (1.0 - a) * (ref_w[i] - ref_avg[i]), ref_w[i] = ref_avg[i];
+        }
+        for (int i = 0; i < N; i++) {
+            assert_true(fabs(w[i] - ref_w[i]) < 1e-5);
+            assert_true(fabs(opt.lookahead[i] - ref_avg[i]) < 1e-5);
+        }
+    }
+    cfx_lookahead_swap(&opt, w);
+    assert_int_equal(opt.model_has_average, 1);
+    cfx_optim_free(&opt);
+}
+
 /* ---- init distribution ------------------------------------------------------- */
 
 /* cfx_model_init_params draws U(+-1/sqrt(fan_in)) like torch: every value in
@@ -747,6 +790,7 @@ int main(void)
         cmocka_unit_test(test_adam_matches_torch),
         cmocka_unit_test(test_sgd_matches_torch),
         cmocka_unit_test(test_param_groups_match_torch),
+        cmocka_unit_test(test_lookahead_rule),
         cmocka_unit_test(test_init_distribution),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

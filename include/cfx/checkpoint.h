@@ -14,6 +14,10 @@
  *                     weight_decay, nesterov, step
  *   /optimizer/<key>/exp_avg, exp_avg_sq   (Adam)
  *   /optimizer/<key>/momentum_buffer       (SGD)
+ *   /optimizer/<key>/fast_weights          (optim.lookahead_steps > 0: the
+ *                     weights being trained, for every parameter and buffer;
+ *                     /model then holds their lookahead average; attribute
+ *                     /optimizer lookahead_steps)
  *   /train_state      attributes: epoch, global_step, step_in_epoch,
  *                     best_validation_accuracy, best_epoch, epoch_loss_sum,
  *                     epoch_correct, seed, split_seed, rng
@@ -65,7 +69,10 @@ int cfx_checkpoint_write(const char *path, const cfx_model *model, const cfx_opt
  * naming the first parameter whose name or shape differs. optim and state
  * may be NULL (not loaded); optim must have been created for the model.
  * Only the optimizer's step and buffers are loaded: its hyperparameters
- * (lr, ...) stay as configured. On failure nothing is changed. */
+ * (lr, ...) stay as configured. With lookahead (optim->lookahead set up by
+ * cfx_lookahead_start) the fast weights go to optim->lookahead and the model
+ * holds the average (optim->model_has_average). On failure nothing is
+ * changed. */
 int cfx_checkpoint_read(const char *path, cfx_model *model, cfx_optim *optim,
                         cfx_train_state *state, cfx_error *err);
 

@@ -30,9 +30,10 @@ typedef struct {
     int batch_size;    /* global batch, summed over ranks */
     uint64_t seed;
     int eval_batch_size;
-    double label_smoothing;
-    double max_loss;
-    char tta[16];           /* test-time augmentation of validation and test */        /* a step's mean loss above this stops training */ /* training loss target (1 - e) onehot + e / classes */
+    double label_smoothing; /* training loss target (1 - e) onehot + e / classes */
+    double max_loss;        /* a step's mean loss above this stops training */
+    char tta[16];           /* test-time augmentation of validation and test */
+    int validation_tta;     /* 0: validation without train.tta (test and --eval keep it) */
     /* [optim] */
     char optim_name[16]; /* adam | sgd */
     double lr, beta1, beta2, eps, momentum, weight_decay;
@@ -43,6 +44,8 @@ typedef struct {
     double final_lr_factor; /* linear, cosine: the last step's lr / optim.lr */
     double step_epochs;     /* step: decay every this many epochs ... */
     double step_gamma;      /* ... by this factor */
+    long lookahead_steps;   /* weight averaging every this many steps, 0 = off */
+    double lookahead_decay; /* per step, ramped by (step / total)^3 */
     /* [model] */
     int n_layers;
     cfx_layer_spec layers[CFX_MAX_LAYERS];

@@ -33,11 +33,13 @@ typedef struct {
     char inputs[CFX_MAX_INPUTS][CFX_NAME_LEN]; /* layer names or "-k" ("" = previous) */
     int n_inputs;                              /* given with in=; 0 = the previous layer */
     int out, kernel, stride, padding;          /* integer options */
-    int bias, affine, sync, dirac;             /* boolean options */
+    int bias, affine, sync, dirac, identity, whiten; /* boolean options */
     double eps, momentum, scale;               /* real options */
     /* every layer: its parameters' learning-rate and weight-decay multipliers
-     * (parameter groups; trainable=false sets both to 0) */
+     * (parameter groups; trainable=false sets both to 0); trainable=bias:
+     * only tensors named "bias" train, the others keep their initial values */
     double lr_scale, decay_scale;
+    int bias_only;
 } cfx_layer_spec;
 
 /* One option of a layer type: a field of cfx_layer_spec. */
@@ -73,6 +75,7 @@ typedef enum {
     CFX_INIT_ZERO,
     CFX_INIT_ONE,
     CFX_INIT_DIRAC, /* torch.nn.init.dirac_: a convolution that passes its input through */
+    CFX_INIT_IDENTITY, /* FAN_IN, then dirac_ on the first in_channels filters (airbench) */
 } cfx_tensor_init;
 typedef struct {
     char suffix[24]; /* "weight": the key is "<layer name>.weight" */
@@ -151,7 +154,7 @@ extern const int cfx_n_layer_kinds;
 const cfx_layer_kind *cfx_layer_kind_find(const char *name);
 
 /* The options every layer takes besides its own (name=, in=). */
-#define CFX_COMMON_OPTIONS "name=NAME in=A[,B] [lr_scale=X] [decay_scale=X] [trainable=false]"
+#define CFX_COMMON_OPTIONS "name=NAME in=A[,B] [lr_scale=X] [decay_scale=X] [trainable=false|bias]"
 
 /* Parses a layer list: entries separated by ';' or newlines. */
 int cfx_parse_layers(const char *text, cfx_layer_spec *layers, int *n_layers, cfx_error *err);

@@ -39,9 +39,23 @@ void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, 
  * processed in chunks of images whose columns fit this budget, so the im2col
  * matrix stays in cache between its writing and the GEMM that reads it. */
 #define CFX_CONV_CHUNK_BYTES (256 * 1024)
+/* ...but at least this many columns (images x output pixels), so the GEMMs
+ * of small feature maps (7x7, 3x3) are not too narrow to run at speed. */
+#ifndef CFX_CONV_MIN_COLS
+#define CFX_CONV_MIN_COLS 256
+#endif
 
 /* Images per chunk for a convolution over N images (at least 1). */
 int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW);
+
+/* Whitening init (conv2d whiten=true, src/nn/whiten.c): weight[OC][C][K][K]
+ * from the K x K patches of images[C][N][H][W]: filter f < D = C K K is the
+ * eigenvector of the patch covariance with the f-th largest eigenvalue l,
+ * divided by sqrt(l + eps); filter D + f is its negative. OC must be 2 D. */
+#define CFX_WHITEN_IMAGES 5000 /* training images the covariance is taken over */
+#define CFX_WHITEN_EPS 5e-4
+int cfx_whiten_weights(float *weight, int OC, const float *images, int N, int C, int H, int W,
+                       int K, double eps, cfx_error *err);
 
 /* out[OC][N][OH][OW] = conv(in[C][N][H][W], weight[OC][C][K][K]) + bias[OC].
  * col is workspace of C*K*K * chunk*OH*OW floats (chunk = cfx_conv2d_chunk). */

@@ -27,6 +27,16 @@ typedef struct {
     float *v;    /* Adam: second moment (exp_avg_sq); SGD: NULL */
     cfx_optim_group *groups; /* NULL: one group of every parameter, multipliers 1 */
     int n_groups;
+    /* Lookahead (optim.lookahead_steps > 0): a second copy of the model's
+     * float state (parameters, then buffers), n_state values. While training
+     * it holds the slow average and the model the fast weights the optimizer
+     * moves; cfx_lookahead_swap exchanges the two so that evaluation and
+     * checkpoints (/model) see the average (model_has_average = 1). */
+    float *lookahead;
+    size_t n_state;
+    long lookahead_steps;
+    double lookahead_decay;
+    int model_has_average;
 } cfx_optim;
 
 /* Optimizer named by cfg->optim_name for n parameters, state zeroed. */
@@ -41,6 +51,19 @@ void cfx_optim_set_group(cfx_optim *opt, size_t begin, size_t end, double lr_sca
 /* One update of params from grads (torch.optim.Adam / torch.optim.SGD with
  * dampening 0 and maximize false). */
 void cfx_optim_step(cfx_optim *opt, float *params, const float *grads);
+
+/* Lookahead over n_state floats of model state (parameters then buffers):
+ * start sets the average to state. */
+void cfx_lookahead_start(cfx_optim *opt, const float *state, size_t n_state);
+
+/* After update `step` (1-based) of total_steps: every lookahead_steps steps
+ * the average moves toward the weights by 1 - a, a = decay^k (step/total)^3,
+ * and the weights are set to the average; after the last step the weights
+ * are the average (a = 1 if it falls between updates), as airbench. No-op when lookahead is off. */
+void cfx_lookahead_step(cfx_optim *opt, float *state, long step, long total_steps);
+
+/* Exchanges state with the other copy (see cfx_optim.lookahead). */
+void cfx_lookahead_swap(cfx_optim *opt, float *state);
 
 /* The learning rate of 0-based step `step` of a run of total_steps steps
  * (steps_per_epoch per epoch) under optim.schedule, as torch.optim.lr_scheduler:

@@ -62,6 +62,9 @@ static const key_def KEYS[] = {
      "test-time augmentation of validation, test and --eval: the mean logits of the image "
      "and its mirror image (flip), also shifted by one pixel both ways with reflection "
      "(flip_translate, 6 views); logs/metrics.h5 records it (attribute tta)"},
+    {"train", "validation_tta", KEY_BOOL, FIELD(validation_tta), 0, 1, NULL, "true",
+     "apply train.tta to the validation pass of every epoch too (false: plain validation, "
+     "the views only for the final test and --eval; TTA multiplies a pass's cost by its views)"},
     {"train", "max_loss", KEY_DOUBLE, FIELD(max_loss), 1e-3, 1e300, NULL, "1000",
      "a step whose mean training loss exceeds this stops training as diverged, keeping the "
      "last good checkpoint (chance level is ln 10 = 2.3; an exploding run may stay finite)"},
@@ -93,6 +96,13 @@ static const key_def KEYS[] = {
      "step schedule: epochs between decays"},
     {"optim", "step_gamma", KEY_DOUBLE, FIELD(step_gamma), 0, 1, NULL, "0.1",
      "step schedule: factor of each decay"},
+    {"optim", "lookahead_steps", KEY_LONG, FIELD(lookahead_steps), 0, 1e9, NULL, "0",
+     "lookahead weight averaging (airbench): every this many steps the average moves toward "
+     "the weights, avg += (1 - a) (w - avg), and the weights are set to it, with "
+     "a = lookahead_decay^lookahead_steps x (step / total steps)^3; validation, checkpoints "
+     "(/model) and the test use the average; 0 = off"},
+    {"optim", "lookahead_decay", KEY_DOUBLE, FIELD(lookahead_decay), 0, 1, NULL, "0.95",
+     "lookahead: the per-step decay of the average (airbench: 0.95)"},
     {"model", "layers", KEY_LAYERS, 0, 0, 0, 0, NULL, NULL,
      "the layers, one per line or ';'-separated, from these types and options"},
     {"output", "dir", KEY_STRING, FIELD(output_dir), 0, 0, NULL, NULL,
@@ -529,8 +539,11 @@ static void append_layer_help(char **buf, size_t *len, size_t *cap)
          line = strtok_r(NULL, "\n", &save))
         append(buf, len, cap, "#   %s\n", line);
     append(buf, len, cap, "#   every layer also takes %s: its name (checkpoint keys are "
-                          "<name>.weight, ...; unnamed layers use their index) and the layers "
-                          "it reads (names, or -k for k entries back; default: the previous)\n",
+                          "<name>.weight, ...; unnamed layers use their index), the layers "
+                          "it reads (names, or -k for k entries back; default: the previous), "
+                          "learning-rate and weight-decay multipliers of its parameters, and "
+                          "whether they train (trainable=bias: only the bias; the weight keeps "
+                          "its initial values)\n",
            CFX_COMMON_OPTIONS);
 }
 

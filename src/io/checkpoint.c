@@ -151,21 +151,29 @@ static int write_model(hid_t f, const param_info *p, int np, cfx_h5_err *e)
     return rc;
 }
 
-/* /optimizer/<key>/<name> for every parameter, from buf (same layout as params). */
+/* Where tensor p's values are in a float array laid out as the model's
+ * parameters (whole_state = 0) or its float state, parameters then buffers. */
+static size_t float_offset(const param_info *p, int whole_state)
+{
+    return whole_state ? p->state_offset / sizeof(float) : p->param_offset;
+}
+
+/* /optimizer/<key>/<name> for every parameter (whole_state: and buffer) from
+ * buf, laid out as float_offset says. */
 static int write_optim_buffers(hid_t g, const param_info *p, int np, const char *name,
-                               const float *buf, cfx_h5_err *e)
+                               const float *buf, int whole_state, cfx_h5_err *e)
 {
     for (int i = 0; i < np; i++) {
-        if (p[i].store != CFX_TENSOR_PARAM)
-            continue; /* buffers are not optimised */
+        if (p[i].store != CFX_TENSOR_PARAM && (!whole_state || p[i].store != CFX_TENSOR_BUFFER))
+            continue;
         htri_t have = H5Lexists(g, p[i].key, H5P_DEFAULT);
         hid_t sub = have > 0 ? H5Gopen2(g, p[i].key, H5P_DEFAULT) : create_group(g, p[i].key, e);
         if (sub < 0)
             return cfx_h5_fail(e, "creating group /optimizer/%s", p[i].key);
         char where[2 * CFX_NAME_LEN + 16];
         snprintf(where, sizeof where, "/optimizer/%s", p[i].key);
-        hid_t d =
-            write_tensor(sub, where, name, p[i].rank, p[i].dims, buf + p[i].param_offset, 0, e);
+        hid_t d = write_tensor(sub, where, name, p[i].rank, p[i].dims,
+                               buf + float_offset(&p[i], whole_state), 0, e);
         if (d >= 0)
             H5Dclose(d);
         H5Gclose(sub);
@@ -188,10 +196,14 @@ static int write_optim(hid_t f, const cfx_optim *o, const param_info *p, int np,
              cfx_h5_put_f64(g, "weight_decay", o->weight_decay, e) ||
              cfx_h5_put_i64(g, "nesterov", o->nesterov, e) || cfx_h5_put_i64(g, "step", o->step, e);
     if (rc == 0 && adam)
-        rc = write_optim_buffers(g, p, np, "exp_avg", o->m, e) ||
-             write_optim_buffers(g, p, np, "exp_avg_sq", o->v, e);
+        rc = write_optim_buffers(g, p, np, "exp_avg", o->m, 0, e) ||
+             write_optim_buffers(g, p, np, "exp_avg_sq", o->v, 0, e);
     else if (rc == 0 && o->momentum != 0.0)
-        rc = write_optim_buffers(g, p, np, "momentum_buffer", o->m, e);
+        rc = write_optim_buffers(g, p, np, "momentum_buffer", o->m, 0, e);
+    /* lookahead: /model holds the average, these the weights being trained */
+    if (rc == 0 && o->lookahead)
+        rc = cfx_h5_put_i64(g, "lookahead_steps", o->lookahead_steps, e) ||
+             write_optim_buffers(g, p, np, "fast_weights", o->lookahead, 1, e);
     H5Gclose(g);
     return rc ? -1 : 0;
 }
@@ -243,6 +255,9 @@ int cfx_checkpoint_write(const char *path, const cfx_model *model, const cfx_opt
                         "%s: cannot write checkpoint: the optimizer holds %zu values, the "
                         "model has %zu parameters",
                         path, optim->n, model->n_params);
+    if (optim && optim->lookahead && !optim->model_has_average)
+        return cfx_fail(err, "%s: cannot write checkpoint: the model holds the fast weights of "
+                             "lookahead, not their average", path);
     int np;
     param_info *p = list_params(model, &np);
     /* Built in memory, then written to path.tmp, synced and renamed. */
@@ -483,10 +498,33 @@ static int read_model(hid_t f, const param_info *p, int np, char *state, const c
     return rc;
 }
 
-/* Reads optimizer step and buffers into step, m, v (v only for Adam).
- * Hyperparameters stay as configured for this run. */
+/* Lookahead's fast weights (/optimizer/<key>/fast_weights of every
+ * parameter and buffer) into fast, laid out as the model's float state. */
+static int read_fast_weights(hid_t g, const param_info *p, int np, float *fast, const char *path,
+                             cfx_error *err)
+{
+    for (int i = 0; i < np; i++) {
+        if (p[i].store == CFX_TENSOR_COUNT)
+            continue;
+        char rel[3 * CFX_NAME_LEN], full[4 * CFX_NAME_LEN];
+        snprintf(rel, sizeof rel, "%s/fast_weights", p[i].key);
+        snprintf(full, sizeof full, "/optimizer/%s", rel);
+        int has = path_exists(g, rel);
+        if (has <= 0)
+            return has < 0 ? read_error(path, full, err)
+                           : cfx_fail(err, "%s: no lookahead state (%s): the checkpoint was "
+                                           "written without optim.lookahead_steps",
+                                      path, full);
+        if (read_tensor(g, rel, full, full, &p[i], fast + float_offset(&p[i], 1), path, err))
+            return -1;
+    }
+    return 0;
+}
+
+/* Reads optimizer step and buffers into step, m, v (v only for Adam) and,
+ * with lookahead, fast. Hyperparameters stay as configured for this run. */
 static int read_optim(hid_t f, const cfx_optim *o, const param_info *p, int np, long *step,
-                      float *m, float *v, const char *path, cfx_error *err)
+                      float *m, float *v, float *fast, const char *path, cfx_error *err)
 {
     hid_t g =
         open_group(f, "optimizer", "no optimizer state (/optimizer) in the checkpoint", path, err);
@@ -532,6 +570,8 @@ static int read_optim(hid_t f, const cfx_optim *o, const param_info *p, int np, 
             rc = read_tensor(g, rel, full, full, &p[i], bufs[b] + p[i].param_offset, path, err);
         }
     }
+    if (rc == 0 && fast)
+        rc = read_fast_weights(g, p, np, fast, path, err);
     free(name);
     H5Gclose(g);
     return rc;
@@ -585,10 +625,11 @@ int cfx_checkpoint_read(const char *path, cfx_model *model, cfx_optim *optim,
     char *params = cfx_malloc(model->state_bytes ? model->state_bytes : 1);
     float *m = optim ? cfx_calloc(n, sizeof(float)) : NULL;
     float *v = optim && optim->v ? cfx_calloc(n, sizeof(float)) : NULL;
+    float *fast = optim && optim->lookahead ? cfx_calloc(optim->n_state, sizeof(float)) : NULL;
     long step = 0;
     cfx_train_state st = {0};
     int rc = read_model(f, p, np, NULL, path, err) || read_model(f, p, np, params, path, err) ||
-             (optim && read_optim(f, optim, p, np, &step, m, v, path, err)) ||
+             (optim && read_optim(f, optim, p, np, &step, m, v, fast, path, err)) ||
              (state && read_state(f, &st, path, err));
     H5Fclose(f);
     if (!rc) {
@@ -598,6 +639,10 @@ int cfx_checkpoint_read(const char *path, cfx_model *model, cfx_optim *optim,
             memcpy(optim->m, m, n * sizeof(float));
             if (v)
                 memcpy(optim->v, v, n * sizeof(float));
+            if (fast) { /* the model now holds the average */
+                memcpy(optim->lookahead, fast, optim->n_state * sizeof(float));
+                optim->model_has_average = 1;
+            }
         }
         if (state)
             *state = st;
@@ -606,6 +651,7 @@ int cfx_checkpoint_read(const char *path, cfx_model *model, cfx_optim *optim,
     free(params);
     free(m);
     free(v);
+    free(fast);
     return rc ? -1 : 0;
 }
 

@@ -161,8 +161,9 @@ int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW)
     size_t per_image = (size_t)C * K * K * OH * OW * sizeof(float);
     size_t budget = CFX_CONV_CHUNK_BYTES;
     int chunk = (int)(budget / (per_image ? per_image : 1));
-    if (chunk < 1)
-        chunk = 1;
+    int min_chunk = (int)((CFX_CONV_MIN_COLS + (size_t)OH * OW - 1) / ((size_t)OH * OW));
+    if (chunk < min_chunk)
+        chunk = min_chunk;
     return chunk < N ? chunk : N;
 }
 
@@ -264,6 +265,8 @@ static const cfx_layer_option conv2d_options[] = {
     {"padding", CFX_OPT_INT, offsetof(cfx_layer_spec, padding), 0, 0, 65536, CFX_OPT_SHOWN, "P"},
     {"bias", CFX_OPT_BOOL, offsetof(cfx_layer_spec, bias), 1, 0, 1, 0, NULL},
     {"dirac", CFX_OPT_BOOL, offsetof(cfx_layer_spec, dirac), 0, 0, 1, 0, NULL},
+    {"identity", CFX_OPT_BOOL, offsetof(cfx_layer_spec, identity), 0, 0, 1, 0, NULL},
+    {"whiten", CFX_OPT_BOOL, offsetof(cfx_layer_spec, whiten), 0, 0, 1, 0, NULL},
 };
 
 /* in[C][N][H][W] -> out[OC][N][OH][OW]; weight [OC][C][K][K], bias [OC]. */
@@ -277,9 +280,14 @@ static int conv2d_infer(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_er
     if (s->kernel > in->h + 2 * s->padding || s->kernel > in->w + 2 * s->padding || oh < 1 ||
         ow < 1)
         return cfx_fail(err, "kernel %d does not fit its %dx%d input", s->kernel, in->h, in->w);
+    if (s->whiten && s->out != 2 * in->c * s->kernel * s->kernel)
+        return cfx_fail(err, "whiten=true needs out=%d (2 x %d channels x %dx%d patches)",
+                        2 * in->c * s->kernel * s->kernel, in->c, s->kernel, s->kernel);
     int wdims[4] = {s->out, in->c, s->kernel, s->kernel};
-    cfx_layer_add_tensor(L, "weight", CFX_TENSOR_PARAM, s->dirac ? CFX_INIT_DIRAC : CFX_INIT_FAN_IN,
-                         4, wdims);
+    cfx_tensor_init init = s->dirac      ? CFX_INIT_DIRAC
+                           : s->identity ? CFX_INIT_IDENTITY
+                                         : CFX_INIT_FAN_IN;
+    cfx_layer_add_tensor(L, "weight", CFX_TENSOR_PARAM, init, 4, wdims);
     if (s->bias)
         cfx_layer_add_tensor(L, "bias", CFX_TENSOR_PARAM, CFX_INIT_FAN_IN, 1, &s->out);
     L->fan_in = in->c * s->kernel * s->kernel;
@@ -326,7 +334,10 @@ const cfx_layer_kind cfx_kind_conv2d = {
     .name = "conv2d",
     .torch_name = "Conv2d",
     .help = "2-D convolution (weight, bias); dirac=true: weight initialised as "
-            "torch.nn.init.dirac_",
+            "torch.nn.init.dirac_; identity=true: the default init, then dirac_ on the first "
+            "in filters (airbench; the others stay random); whiten=true: weight from the eigenvectors of the KxK patch "
+            "covariance of the first 5,000 training images, +-v / sqrt(eigenvalue + 5e-4), "
+            "out = 2 x in x K x K (airbench; pair with trainable=bias)",
     .options = conv2d_options,
     .n_options = sizeof conv2d_options / sizeof conv2d_options[0],
     .n_inputs = 1,

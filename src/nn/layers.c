@@ -107,15 +107,16 @@ static int parse_number(const cfx_layer_option *o, const char *v, double *out)
     return *out = x, 0;
 }
 
-/* lr_scale=X, decay_scale=X (>= 0) or trainable=true|false. */
+/* lr_scale=X, decay_scale=X (>= 0) or trainable=true|false|bias. */
 static int parse_group_option(cfx_layer_spec *s, const char *opt, const char *v, cfx_error *err)
 {
     if (!strcmp(opt, "trainable")) {
-        if (strcmp(v, "true") && strcmp(v, "false"))
+        if (strcmp(v, "true") && strcmp(v, "false") && strcmp(v, "bias"))
             return cfx_fail(err, "model.layers: %s: bad option 'trainable=%s' (expected "
-                                 "trainable=true|false)", s->kind->name, v);
+                                 "trainable=true|false|bias)", s->kind->name, v);
         if (!strcmp(v, "false"))
             s->lr_scale = s->decay_scale = 0.0;
+        s->bias_only = !strcmp(v, "bias");
         return 0;
     }
     char *end;
@@ -285,6 +286,8 @@ void cfx_layer_spec_format(const cfx_layer_spec *s, char *buf, size_t len)
     if (s->lr_scale == 0.0 && s->decay_scale == 0.0) {
         append(buf, len, &used, " trainable=false%s%s", "", "");
     } else {
+        if (s->bias_only)
+            append(buf, len, &used, " trainable=bias%s%s", "", "");
         if (s->lr_scale != 1.0) {
             format_real(num, sizeof num, s->lr_scale);
             append(buf, len, &used, " lr_scale=%s%s", num, "");

@@ -189,6 +189,7 @@ static int add_entry(cfx_model *m, const cfx_layer_spec *s, int j, int *entry_ou
     sc.block = prefix, sc.block_in = src;
     for (int i = 0; i < n; i++) {
         sub[i].lr_scale = s->lr_scale, sub[i].decay_scale = s->decay_scale; /* the block's group */
+        sub[i].bias_only = s->bias_only;
         if (add_layer(m, &sub[i], &sc, err) != 0)
             return -1;
     }
@@ -398,10 +399,13 @@ void cfx_model_free(cfx_model *m)
 
 /* torch.nn.init.dirac_ of a weight [OC][C][K][K]: output channel i copies
  * input channel i (i < min(OC, C)) through the kernel's centre. */
-static void init_dirac(float *w, const cfx_tensor *T)
+/* Filters i < min(OC, C) of w[OC][C][KH][KW] pass input channel i through;
+ * all: the others are zero (torch.nn.init.dirac_), else they are kept. */
+static void init_dirac(float *w, const cfx_tensor *T, int all)
 {
     const int OC = T->dims[0], C = T->dims[1], KH = T->dims[2], KW = T->dims[3];
-    memset(w, 0, T->count * sizeof *w);
+    const size_t filter = (size_t)C * KH * KW;
+    memset(w, 0, (all ? (size_t)OC : (size_t)(OC < C ? OC : C)) * filter * sizeof *w);
     for (int i = 0; i < OC && i < C; i++)
         w[(((size_t)i * C + i) * KH + KH / 2) * KW + KW / 2] = 1.0f;
 }
@@ -419,14 +423,17 @@ void cfx_model_init_params(cfx_model *m, uint64_t seed)
                 continue;
             float *p = cfx_layer_tensor(m, L, t);
             if (T->init == CFX_INIT_DIRAC) {
-                init_dirac(p, T);
+                init_dirac(p, T, 1);
                 continue;
             }
-            float bound = T->init == CFX_INIT_FAN_IN ? 1.0f / sqrtf((float)L->fan_in) : 0.0f;
+            int fan_in = T->init == CFX_INIT_FAN_IN || T->init == CFX_INIT_IDENTITY;
+            float bound = fan_in ? 1.0f / sqrtf((float)L->fan_in) : 0.0f;
             for (size_t j = 0; j < T->count; j++)
-                p[j] = T->init == CFX_INIT_FAN_IN ? (2.0f * cfx_rng_float(&rng) - 1.0f) * bound
-                       : T->init == CFX_INIT_ONE  ? 1.0f
-                                                  : 0.0f;
+                p[j] = fan_in                    ? (2.0f * cfx_rng_float(&rng) - 1.0f) * bound
+                       : T->init == CFX_INIT_ONE ? 1.0f
+                                                 : 0.0f;
+            if (T->init == CFX_INIT_IDENTITY)
+                init_dirac(p, T, 0);
         }
     }
 }

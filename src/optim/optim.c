@@ -19,6 +19,8 @@ int cfx_optim_create(cfx_optim *opt, const cfx_config *cfg, size_t n, cfx_error 
     opt->nesterov = cfg->nesterov;
     opt->decoupled = cfg->decoupled_weight_decay;
     opt->n = n;
+    opt->lookahead_steps = cfg->lookahead_steps;
+    opt->lookahead_decay = cfg->lookahead_decay;
     opt->m = cfx_calloc(n, sizeof(float));
     if (opt->kind == CFX_OPTIM_ADAM)
         opt->v = cfx_calloc(n, sizeof(float));
@@ -30,6 +32,7 @@ void cfx_optim_free(cfx_optim *opt)
     free(opt->m);
     free(opt->v);
     free(opt->groups);
+    free(opt->lookahead);
     memset(opt, 0, sizeof *opt);
 }
 
@@ -108,6 +111,49 @@ void cfx_optim_step(cfx_optim *opt, float *params, const float *grads)
     }
     if (done < opt->n)
         step_range(opt, params, grads, done, opt->n, 1.0, 1.0);
+}
+
+/* ---- lookahead ---------------------------------------------------------- */
+
+void cfx_lookahead_start(cfx_optim *opt, const float *state, size_t n_state)
+{
+    if (opt->lookahead_steps <= 0)
+        return;
+    free(opt->lookahead);
+    opt->lookahead = cfx_malloc((n_state ? n_state : 1) * sizeof(float));
+    memcpy(opt->lookahead, state, n_state * sizeof(float));
+    opt->n_state = n_state;
+    opt->model_has_average = 0;
+}
+
+void cfx_lookahead_step(cfx_optim *opt, float *state, long step, long total_steps)
+{
+    const long k = opt->lookahead_steps;
+    if (!opt->lookahead || k <= 0 || (step % k != 0 && step != total_steps))
+        return;
+    double a = 1.0; /* the last step, between updates: the weights become the average */
+    if (step % k == 0) {
+        double progress = (double)step / (double)total_steps;
+        a = pow(opt->lookahead_decay, (double)k) * progress * progress * progress;
+    }
+    const float w = (float)(1.0 - a);
+    float *avg = opt->lookahead;
+    for (size_t i = 0; i < opt->n_state; i++) {
+        avg[i] += w * (state[i] - avg[i]);
+        state[i] = avg[i];
+    }
+}
+
+void cfx_lookahead_swap(cfx_optim *opt, float *state)
+{
+    if (!opt->lookahead)
+        return;
+    for (size_t i = 0; i < opt->n_state; i++) {
+        float x = state[i];
+        state[i] = opt->lookahead[i];
+        opt->lookahead[i] = x;
+    }
+    opt->model_has_average = !opt->model_has_average;
 }
 
 /* ---- learning-rate schedules ----------------------------------------------- */

@@ -331,17 +331,21 @@ static int all_ok(int ok, cfx_error *err)
 }
 
 /* optim.lr of this step under optim.schedule. */
+static long total_steps(const trainer *t)
+{
+    return (long)t->cfg->epochs * t->steps_per_epoch;
+}
+
 static void set_learning_rate(trainer *t)
 {
-    long total = (long)t->cfg->epochs * t->steps_per_epoch;
-    t->optim.lr = cfx_lr_at(t->cfg, t->state.global_step, total, t->steps_per_epoch);
+    t->optim.lr = cfx_lr_at(t->cfg, t->state.global_step, total_steps(t), t->steps_per_epoch);
 }
 
 /* logs/learning_rate.csv: the learning rate of every step of the run (a
  * pure function of the config), written whole at the start. */
 static int write_lr_log(const trainer *t, cfx_error *err)
 {
-    long total = (long)t->cfg->epochs * t->steps_per_epoch;
+    long total = total_steps(t);
     size_t cap = 64 * ((size_t)total + 1), len = 0;
     char *csv = cfx_malloc(cap);
     len += (size_t)snprintf(csv, cap, "step,epoch,learning_rate\n");
@@ -357,18 +361,22 @@ static int write_lr_log(const trainer *t, cfx_error *err)
 }
 
 /* Parameter groups: the tensors of layers with lr_scale or decay_scale (or
- * trainable=false) get their multipliers in the optimizer. */
+ * trainable=false) get their multipliers in the optimizer; trainable=bias
+ * freezes the other tensors of the layer. */
 static void set_param_groups(cfx_optim *o, const cfx_model *m)
 {
     for (int i = 0; i < m->n_layers; i++) {
-        const cfx_layer *L = &m->layers[i];
-        if (L->spec.lr_scale == 1.0 && L->spec.decay_scale == 1.0)
+        const cfx_layer_spec *s = &m->layers[i].spec;
+        if (s->lr_scale == 1.0 && s->decay_scale == 1.0 && !s->bias_only)
             continue;
-        for (int k = 0; k < L->n_tensors; k++)
-            if (L->tensors[k].store == CFX_TENSOR_PARAM)
-                cfx_optim_set_group(o, L->tensors[k].offset,
-                                    L->tensors[k].offset + L->tensors[k].count,
-                                    L->spec.lr_scale, L->spec.decay_scale);
+        for (int k = 0; k < m->layers[i].n_tensors; k++) {
+            const cfx_tensor *T = &m->layers[i].tensors[k];
+            if (T->store != CFX_TENSOR_PARAM)
+                continue;
+            int frozen = s->bias_only && strcmp(T->suffix, "bias") != 0;
+            cfx_optim_set_group(o, T->offset, T->offset + T->count, frozen ? 0.0 : s->lr_scale,
+                                frozen ? 0.0 : s->decay_scale);
+        }
     }
 }
 
@@ -445,8 +453,10 @@ static int trainer_setup(trainer *t, cfx_error *err)
         ok = cfx_fail(err, "model.layers: the last layer has %d outputs, CIFAR-10 has %d classes",
                       t->model.n_classes, CFX_NUM_CLASSES) == 0;
     ok = ok && cfx_optim_create(&t->optim, cfg, t->model.n_params, err) == 0;
-    if (ok)
+    if (ok) {
         set_param_groups(&t->optim, &t->model);
+        cfx_lookahead_start(&t->optim, t->model.params, t->model.n_params + t->model.n_buffers);
+    }
     ok = ok && (!t->exact_mode || setup_replicas(t, err) == 0);
     if (ok && t->root)
         ok =
@@ -497,6 +507,37 @@ static int read_resume_state(trainer *t, cfx_error *err)
     return access(t->files.metrics_h5, F_OK) != 0 ? 0 : write_metrics_csv(&t->files, err);
 }
 
+/* conv2d whiten=true layers (which must read the image): weights from the
+ * patches of the first CFX_WHITEN_IMAGES training images, unaugmented. The
+ * same on every rank: same images, same arithmetic. */
+static int whiten_layers(trainer *t, cfx_error *err)
+{
+    cfx_model *m = &t->model;
+    int n = t->split.n_train < CFX_WHITEN_IMAGES ? t->split.n_train : CFX_WHITEN_IMAGES, rc = 0;
+    float *images = NULL;
+    int *labels = NULL;
+    for (int i = 0; i < m->n_layers && rc == 0; i++) {
+        const cfx_layer *L = &m->layers[i];
+        if (!L->spec.whiten)
+            continue;
+        if (L->input[0] != -1) {
+            rc = cfx_fail(err, "model.layers: layer %s: whiten=true needs the image as its "
+                               "input (make it the first layer)", L->key);
+            break;
+        }
+        if (!images) {
+            images = cfx_malloc((size_t)n * m->in_c * m->in_h * m->in_w * sizeof *images);
+            labels = cfx_malloc((size_t)n * sizeof *labels);
+            cfx_batch_fill(images, labels, &t->train_ds, t->split.train, n, NULL);
+        }
+        rc = cfx_whiten_weights(m->params + L->weight_offset, L->out_c, images, n, L->in_c,
+                                L->in_h, L->in_w, L->spec.kernel, CFX_WHITEN_EPS, err);
+    }
+    free(images);
+    free(labels);
+    return rc;
+}
+
 /* Initial state on every rank: fresh weights from rank 0, or a checkpoint. */
 static int trainer_start(trainer *t, cfx_error *err)
 {
@@ -510,6 +551,10 @@ static int trainer_start(trainer *t, cfx_error *err)
             cfx_dist_bcast(t->optim.v, t->optim.n * sizeof(float));
         cfx_dist_bcast(&t->optim.step, sizeof t->optim.step);
         cfx_dist_bcast(&t->state, sizeof t->state);
+        if (t->optim.lookahead) { /* the checkpoint's /model is the average */
+            cfx_dist_bcast(t->optim.lookahead, t->optim.n_state * sizeof(float));
+            t->optim.model_has_average = 1;
+        }
         if (t->verbose)
             printf("resumed from %s: epoch %d, step %d of the next epoch, global step %ld\n",
                    t->opt->resume_path, t->state.epoch, t->state.step_in_epoch,
@@ -518,6 +563,13 @@ static int trainer_start(trainer *t, cfx_error *err)
         cfx_model_init_params(m, t->cfg->seed);
     }
     cfx_dist_bcast(m->state, m->state_bytes);
+    if (t->opt->resume_path) {
+        cfx_lookahead_swap(&t->optim, m->params); /* train the fast weights */
+    } else {
+        if (!all_ok(whiten_layers(t, err) == 0, err))
+            return -1;
+        cfx_lookahead_start(&t->optim, m->params, t->optim.n_state);
+    }
     if (t->verbose) {
         cfx_model_print(m, stdout);
         printf("data: %d training, %d validation images from %s\n", t->split.n_train,
@@ -611,6 +663,7 @@ static int train_step(trainer *t, int epoch, int step, cfx_error *err)
     t0 = cfx_now();
     set_learning_rate(t);
     cfx_optim_step(&t->optim, m->params, m->grads);
+    cfx_lookahead_step(&t->optim, m->params, t->optim.step, total_steps(t));
     t->pt.optimizer += cfx_now() - t0;
     t->state.global_step++;
     t->stopped = tail[TAIL_STOP] != 0.0f; /* every rank saw the same flag */
@@ -620,11 +673,13 @@ static int train_step(trainer *t, int epoch, int step, cfx_error *err)
 /* Loss and accuracy over ds[indices[0..n)] by all ranks. Exact reduction:
  * ranks own whole chunks of eval_batch_size images, each one forward pass of
  * exactly those images, and the sums are exact, so the metrics are the same
- * bits for any rank count. */
-static cfx_eval_result evaluate_all(trainer *t, const cfx_dataset *ds, const int *indices, int n)
+ * bits for any rank count. The first n_views views of train.tta (1: the
+ * image alone). */
+static cfx_eval_result evaluate_all(trainer *t, const cfx_dataset *ds, const int *indices, int n,
+                                    int n_views)
 {
     if (!t->exact_mode)
-        return evaluate_shared(&t->model, ds, indices, n, t->views, t->n_views, t->d);
+        return evaluate_shared(&t->model, ds, indices, n, t->views, n_views, t->d);
     const int cs = t->cfg->eval_batch_size, n_chunks = (n + cs - 1) / cs;
     int first, count;
     cfx_dist_slice(n_chunks, t->d->rank, t->d->size, &first, &count);
@@ -632,7 +687,7 @@ static cfx_eval_result evaluate_all(trainer *t, const cfx_dataset *ds, const int
     for (int c = 0; c < count; c++) {
         int start = (first + c) * cs, len = n - start < cs ? n - start : cs;
         cfx_eval_result part;
-        cfx_evaluate_views(&t->model, ds, indices + start, len, t->views, t->n_views, &part,
+        cfx_evaluate_views(&t->model, ds, indices + start, len, t->views, n_views, &part,
                            NULL, NULL);
         rows[2 * c] = part.loss * len;
         rows[2 * c + 1] = (double)llround(part.accuracy * len);
@@ -732,6 +787,7 @@ static int train_step_exact(trainer *t, int epoch, int step, cfx_error *err)
     t0 = cfx_now();
     set_learning_rate(t);
     cfx_optim_step(&t->optim, t->model.params, t->model.grads);
+    cfx_lookahead_step(&t->optim, t->model.params, t->optim.step, total_steps(t));
     t->pt.optimizer += cfx_now() - t0;
     t->state.global_step++;
     t->stopped = flags[0];
@@ -848,11 +904,17 @@ static void end_epoch(trainer *t, int epoch, int first_step, cfx_error *err)
     int images = t->split.n_train - first_step * t->cfg->batch_size;
     size_t param_bytes = m->n_params * sizeof(float);
     cfx_dist_bcast((char *)m->state + param_bytes, m->state_bytes - param_bytes);
+    if (t->optim.lookahead) { /* validate and save the average */
+        cfx_lookahead_swap(&t->optim, m->params);
+        cfx_dist_bcast(m->buffers, m->n_buffers * sizeof(float));
+    }
     double t0 = cfx_now();
-    cfx_eval_result val = evaluate_all(t, &t->train_ds, t->split.val, t->split.n_val);
+    cfx_eval_result val = evaluate_all(t, &t->train_ds, t->split.val, t->split.n_val,
+                                       t->cfg->validation_tta ? t->n_views : 1);
     t->pt.validation = cfx_now() - t0;
     if (t->root && !t->root_failed)
         record_epoch(t, epoch, images > 0 ? images : 0, train_seconds, val, err);
+    cfx_lookahead_swap(&t->optim, m->params);
 }
 
 /* Rank 0 writes last.h5 of a run stopped inside an epoch. Returns 1 (stopped). */
@@ -861,6 +923,7 @@ static int finish_stopped(trainer *t, cfx_error *err)
     if (!t->root)
         return 1;
     const cfx_train_state *s = &t->state;
+    cfx_lookahead_swap(&t->optim, t->model.params); /* /model: the average */
     if (s->step_in_epoch &&
         cfx_checkpoint_write(t->files.last, &t->model, &t->optim, s, &t->files.meta, err) != 0)
         return -1;
@@ -888,7 +951,7 @@ static int finish_test(trainer *t, cfx_error *err)
     int *all = cfx_malloc((size_t)n_test * sizeof *all);
     for (int i = 0; i < n_test; i++)
         all[i] = i;
-    cfx_eval_result test = evaluate_all(t, &t->test_ds, all, n_test);
+    cfx_eval_result test = evaluate_all(t, &t->test_ds, all, n_test, t->n_views);
     free(all);
     if (t->root) {
         if (cfx_metrics_set_test(t->files.metrics_h5, test.loss, test.accuracy, t->cfg->tta,
