@@ -608,6 +608,19 @@ static double model_objective(void *p)
     return loss / c->n;
 }
 
+/* m from the layer list `layers` over 3 x H x W images; fails the test if
+ * the list does not parse or build. */
+static void model_from_layers(cfx_model *m, const char *layers, int H, int W, int max_batch,
+                              int flags)
+{
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n_specs;
+    cfx_error err;
+    if (cfx_parse_layers(layers, specs, &n_specs, &err) != 0 ||
+        cfx_model_create(m, specs, n_specs, 3, H, W, max_batch, flags, &err) != 0)
+        fail_msg("%s: %s", layers, err.msg);
+}
+
 /* Gradients of the mean loss of n images of 3 x H x W through the model of
  * the layer list `layers`, in training mode, or in eval mode after one
  * training forward pass has moved the running statistics. */
@@ -615,12 +628,7 @@ static void check_model(const char *what, const char *layers, int H, int W, int 
                         uint64_t seed, int eval, const fd_tol *skip_more)
 {
     cfx_model m;
-    cfx_error err;
-    cfx_layer_spec specs[CFX_MAX_LAYERS];
-    int n_specs;
-    if (cfx_parse_layers(layers, specs, &n_specs, &err) != 0 ||
-        cfx_model_create(&m, specs, n_specs, 3, H, W, max_batch, 1, &err) != 0)
-        fail_msg("%s: %s", what, err.msg);
+    model_from_layers(&m, layers, H, W, max_batch, 1);
     cfx_model_init_params(&m, seed);
     cfx_rng_seed(&rng, seed);
     size_t n_in = (size_t)3 * n * H * W;
@@ -727,14 +735,9 @@ static void test_residual_grad(void **state)
 static void test_dirac_init(void **state)
 {
     (void)state;
-    cfx_layer_spec specs[CFX_MAX_LAYERS];
-    int n_specs;
-    cfx_error err;
     cfx_model m;
-    if (cfx_parse_layers("conv2d out=4 kernel=3 padding=1 dirac=true; flatten; linear out=2",
-                         specs, &n_specs, &err) != 0 ||
-        cfx_model_create(&m, specs, n_specs, 3, 6, 6, 2, 0, &err) != 0)
-        fail_msg("%s", err.msg);
+    model_from_layers(&m, "conv2d out=4 kernel=3 padding=1 dirac=true; flatten; linear out=2", 6,
+                      6, 2, 0);
     cfx_model_init_params(&m, 3);
     memset(m.params + m.layers[0].bias_offset, 0, m.layers[0].n_bias * sizeof(float));
     cfx_rng_seed(&rng, 4);
@@ -754,14 +757,9 @@ static void test_dirac_init(void **state)
 static void test_identity_init(void **state)
 {
     (void)state;
-    cfx_layer_spec specs[CFX_MAX_LAYERS];
-    int n_specs;
-    cfx_error err;
     cfx_model m;
-    if (cfx_parse_layers("conv2d out=4 kernel=3 padding=1 identity=true; flatten; linear out=2",
-                         specs, &n_specs, &err) != 0 ||
-        cfx_model_create(&m, specs, n_specs, 3, 4, 4, 1, 0, &err) != 0)
-        fail_msg("%s", err.msg);
+    model_from_layers(&m, "conv2d out=4 kernel=3 padding=1 identity=true; flatten; linear out=2",
+                      4, 4, 1, 0);
     cfx_model_init_params(&m, 3);
     const float *w = m.params + m.layers[0].weight_offset; /* [4][3][3][3] */
     for (int f = 0; f < 3; f++)
