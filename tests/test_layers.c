@@ -254,6 +254,49 @@ static void test_relu_grad(void **state)
     assert_true(z_out[0] == 0.0f && z_out[1] == 0.0f && z_d[0] == 0.0f && z_d[1] == 0.0f);
 }
 
+/* ---- gelu -------------------------------------------------------------- */
+
+/* GELU and its derivative against double-precision erf, every 1/512 from
+ * -14 to 14. Relative error: < 1e-6 for |x| < 3, < 2e-5 in the far negative
+ * tail (the float rounding of exp's argument x^2/2), where 1 + erff(x/sqrt 2)
+ * in float would lose every digit below x = -5.5. NaN goes through, +inf stays. */
+static void test_gelu_accuracy(void **state)
+{
+    (void)state;
+    enum { n = 2 * 14 * 512 + 1 };
+    static float x[n], y[n], d[n], ones[n];
+    for (int i = 0; i < n; i++) {
+        x[i] = -14.0f + (float)i / 512.0f;
+        ones[i] = 1.0f;
+    }
+    cfx_gelu_forward(y, x, n);
+    cfx_gelu_backward(d, ones, x, n);
+    double worst_mid = 0.0, worst_tail = 0.0, worst_d = 0.0;
+    for (int i = 0; i < n; i++) {
+        double v = x[i], cdf = 0.5 * erfc(-v / sqrt(2.0));
+        double want_y = v * cdf, want_d = cdf + v * exp(-0.5 * v * v) / sqrt(2.0 * 3.14159265358979323846);
+        double err_y = fabs(y[i] - want_y) / fabs(want_y);
+        assert_true(fabs(y[i] - want_y) < 1e-36 + 2e-5 * fabs(want_y));
+        if (fabs(v) < 3.0 && v != 0.0 && err_y > worst_mid)
+            worst_mid = err_y;
+        if (fabs(v) >= 3.0 && fabs(want_y) > 1e-36 && err_y > worst_tail)
+            worst_tail = err_y;
+        if (fabs(d[i] - want_d) > worst_d) /* absolute: GELU' crosses zero at -0.75 */
+            worst_d = fabs(d[i] - want_d);
+    }
+    printf("gelu: worst relative error %.2e for |x| < 3, %.2e beyond; derivative absolute %.2e\n",
+           worst_mid, worst_tail, worst_d);
+    assert_true(worst_mid < 1e-6);
+    assert_true(worst_tail < 2e-5);
+    assert_true(worst_d < 1e-6);
+    float special[3] = {NAN, INFINITY, 0.0f}, out[3], grad[3];
+    cfx_gelu_forward(out, special, 3);
+    cfx_gelu_backward(grad, ones, special, 3);
+    assert_true(isnan(out[0]) && isnan(grad[0]));
+    assert_true(out[1] == INFINITY);
+    assert_true(out[2] == 0.0f && grad[2] == 0.5f);
+}
+
 /* ---- maxpool2d --------------------------------------------------------- */
 
 typedef struct {
@@ -828,6 +871,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv2d_grad),
         cmocka_unit_test(test_relu_grad),
+        cmocka_unit_test(test_gelu_accuracy),
         cmocka_unit_test(test_maxpool_grad),
         cmocka_unit_test(test_maxpool_ties),
         cmocka_unit_test(test_maxpool_wide_ties),

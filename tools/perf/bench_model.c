@@ -171,6 +171,49 @@ static void bench_reduce_size(const char *name, const size_t *seg_len, int n_seg
 
 /* --reduce: the config's model (one segment per weight and bias) and 2 M
  * floats in 8 weights and 8 biases. */
+/* One row per layer: forward and backward ms and GFLOP/s; returns FLOPs per step. */
+static double print_layers(const cfx_model *m, int batch, int steps)
+{
+    printf("%-3s %-42s %9s %9s %9s %9s\n", "#", "layer", "fwd ms", "bwd ms", "fwd GF/s",
+           "bwd GF/s");
+    double flops_step = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const cfx_layer *L = &m->layers[i];
+        char spec[256];
+        cfx_layer_spec_format(&L->spec, spec, sizeof spec);
+        double f = L->kind->flops ? L->kind->flops(L) * batch : 0.0;
+        double fb = i == 0 ? f : 2 * f; /* the first layer needs no input gradient */
+        flops_step += f + fb;
+        double fms = 1e3 * L->forward_seconds / steps, bms = 1e3 * L->backward_seconds / steps;
+        printf("%-3d %-42s %9.3f %9.3f %9.1f %9.1f\n", i, spec, fms, bms,
+               f ? f / (fms * 1e6) : 0.0, f ? fb / (bms * 1e6) : 0.0);
+    }
+    return flops_step;
+}
+
+/* Where a step goes: forward + backward ms of each layer type, the loss, the optimizer. */
+static void print_by_kind(const cfx_model *m, int steps, double step_ms, double loss_ms,
+                          double optim_ms)
+{
+    printf("by layer type (ms per step, share of the step):");
+    for (int i = 0; i < m->n_layers; i++) {
+        const cfx_layer_kind *kind = m->layers[i].kind;
+        int first = 1;
+        for (int j = 0; j < i; j++)
+            first &= m->layers[j].kind != kind;
+        if (!first)
+            continue;
+        double sec = 0;
+        for (int j = i; j < m->n_layers; j++)
+            if (m->layers[j].kind == kind)
+                sec += m->layers[j].forward_seconds + m->layers[j].backward_seconds;
+        double ms = 1e3 * sec / steps;
+        printf(" %s %.1f (%.0f %%),", kind->name, ms, 100 * ms / step_ms);
+    }
+    printf(" loss %.1f (%.0f %%), optimizer %.1f (%.0f %%)\n", loss_ms, 100 * loss_ms / step_ms,
+           optim_ms, 100 * optim_ms / step_ms);
+}
+
 static int bench_reduce(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -297,26 +340,15 @@ int main(int argc, char **argv)
     printf("OpenBLAS core %s, %d thread(s), batch %d, %d steps, convolutions: %s\n",
            cfx_blas_core(), threads, batch, steps,
            cfx_conv2d_direct_usable(batch, 32, 32, 3, 1, 1) ? "direct AVX-512" : "im2col + SGEMM");
-    printf("%-3s %-42s %9s %9s %9s %9s\n", "#", "layer", "fwd ms", "bwd ms", "fwd GF/s",
-           "bwd GF/s");
-    double flops_step = 0;
-    for (int i = 0; i < m.n_layers; i++) {
-        cfx_layer *L = &m.layers[i];
-        char spec[256];
-        cfx_layer_spec_format(&L->spec, spec, sizeof spec);
-        double f = L->kind->flops ? L->kind->flops(L) * batch : 0.0;
-        double fb = i == 0 ? f : 2 * f; /* the first layer needs no input gradient */
-        flops_step += f + fb;
-        double fms = 1e3 * L->forward_seconds / steps, bms = 1e3 * L->backward_seconds / steps;
-        printf("%-3d %-42s %9.3f %9.3f %9.1f %9.1f\n", i, spec, fms, bms,
-               f ? f / (fms * 1e6) : 0.0, f ? fb / (bms * 1e6) : 0.0);
-    }
+    double flops_step = print_layers(&m, batch, steps);
     double ms = 1e3 * t_total / steps;
-    printf("loss %.3f ms, optimizer %.3f ms\n", 1e3 * t_loss / steps, 1e3 * t_opt / steps);
+    print_by_kind(&m, steps, ms, 1e3 * t_loss / steps, 1e3 * t_opt / steps);
     printf("CPU time %.3f ms per step (all threads; wall time below)\n", 1e3 * t_cpu / steps);
+    double peak = sgemm_peak(1024, 10);
     printf("step %.3f ms = %.0f images/s, %.1f GFLOP/s (%.2f MFLOP/image)\n", ms,
            batch / (ms * 1e-3), flops_step / (ms * 1e6), flops_step / batch * 1e-6);
-    printf("SGEMM peak (1024^3, %d thread(s)): %.1f GFLOP/s\n", threads, sgemm_peak(1024, 10));
+    printf("SGEMM peak (1024^3, %d thread(s)): %.1f GFLOP/s; the step reaches %.0f %% of it\n",
+           threads, peak, 100.0 * flops_step / (ms * 1e6) / peak);
     free(labels);
     cfx_optim_free(&opt);
     cfx_model_free(&m);
