@@ -397,6 +397,48 @@ static void test_gelu_pool_matches_torch(void **state)
     fixture_free(&fx);
 }
 
+/* Guided Backpropagation (m->guided) through the seed CNN against torch with
+ * ReLU backward hooks that clamp gradients at 0; the plain input gradient
+ * too, which must differ from the guided one. The model keeps its
+ * activations (no ReLU fused into conv2d), as cfx-viz's does. */
+static void test_guided_backprop_matches_torch(void **state)
+{
+    (void)state;
+    fixture fx;
+    fixture_load(&fx, "guided.bin");
+    enum { N = 3, C = 3, HW = 32 * 32, K = 10 };
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n_specs = 0;
+    cfx_error err;
+    cfx_model m;
+    if (cfx_parse_layers(SEED_LAYERS, specs, &n_specs, &err) != 0 ||
+        cfx_model_create(&m, specs, n_specs, C, 32, 32, N,
+                         CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS, &err) != 0)
+        fail_msg("%s", err.msg);
+    load_state(&m, &fx, "");
+    const fix_tensor *cls = fixture_get(&fx, "classes", N);
+    static float want[N * C * HW], plain[N * C * HW];
+    printf("Guided Backpropagation through the seed CNN vs torch:\n");
+    for (int guided = 0; guided < 2; guided++) {
+        nchw_to_cnhw(m.acts[0], fixture_get(&fx, "input", (size_t)N * C * HW)->data, N, C, HW, 1);
+        const float *logits = cfx_model_forward(&m, N);
+        check_close("logits", logits, fixture_get(&fx, "logits", N * K)->data, N * K, MODEL_TOL);
+        float *d = m.dacts[m.n_layers];
+        memset(d, 0, N * K * sizeof *d);
+        for (int i = 0; i < N; i++)
+            d[i * K + (int)cls->data[i]] = 1.0f;
+        m.guided = guided;
+        cfx_model_backward(&m, N);
+        const char *name = guided ? "guided.input_grad" : "plain.input_grad";
+        nchw_to_cnhw(guided ? want : plain, m.dacts[0], N, C, HW, 0);
+        check_close(name, guided ? want : plain, fixture_get(&fx, name, N * C * HW)->data,
+                    N * C * HW, MODEL_TOL);
+    }
+    assert_true(rel_err(want, plain, N * C * HW) > 0.1); /* the rule changed the gradient */
+    cfx_model_free(&m);
+    fixture_free(&fx);
+}
+
 /* Sums rows in one process (what the MPI reduction does across ranks). */
 static void sum_rows(void *ctx, const double *rows, int n_rows, int n, double *total)
 {
@@ -785,6 +827,7 @@ int main(void)
         cmocka_unit_test(test_residual_matches_torch),
         cmocka_unit_test(test_replicas_match_torch),
         cmocka_unit_test(test_gelu_pool_matches_torch),
+        cmocka_unit_test(test_guided_backprop_matches_torch),
         cmocka_unit_test(test_label_smoothing_matches_torch),
         cmocka_unit_test(test_schedules_match_torch),
         cmocka_unit_test(test_adam_matches_torch),

@@ -1,9 +1,11 @@
 /* Unit tests of cfx-viz's analyses (tools/viz/analysis.c) and plotting
  * helpers: saliency against finite differences of the class score through
  * libcfx's forward pass, Grad-CAM of a hand-set network against values worked
- * out by hand, Spearman correlation with ties, confusion statistics, the
- * randomisation sanity check, bilinear resizing, denormalisation and nice
- * ticks. No files are read. */
+ * out by hand, Integrated Gradients' completeness, SmoothGrad's limits,
+ * occlusion against a brute-force loop, Spearman correlation with ties,
+ * confusion statistics, the randomisation sanity check of every method,
+ * bilinear resizing, denormalisation and nice ticks. No files are read.
+ * (Guided Backpropagation is checked against torch in test_reference.) */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -205,6 +207,165 @@ static void test_confusion_per_class_pairs(void **state)
     assert_float_equal(pc[1].f1, 0.0, 0.0);
 }
 
+/* ---- attribution methods ---------------------------------------------- */
+
+/* A small network with every kind of layer of the recipes (ReLU, GELU,
+ * max-pool, BatchNorm in eval mode with its statistics moved off 0 / 1). */
+static void make_explained_model(cfx_model *m, int n)
+{
+    make_model(m,
+               "conv2d out=4 kernel=3 padding=1; batchnorm2d; relu; maxpool2d kernel=2; "
+               "conv2d out=4 kernel=3 padding=1; gelu; flatten; linear out=3",
+               3, 8, 8, n, CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS);
+    cfx_model_init_params(m, 21);
+    for (size_t j = 0; j < m->n_params; j++) /* scores of order 1, not 0.01 */
+        m->params[j] *= 2.0f;
+    for (size_t j = 0; j < m->n_buffers; j++) /* running mean 0.1.., variance 1.3.. */
+        m->buffers[j] = j < 4 ? 0.1f * (float)j : 1.3f + 0.2f * (float)(j - 4);
+    cfx_model_set_training(m, 0);
+}
+
+static void random_images(float *x, size_t len, uint64_t seed)
+{
+    cfx_rng rng;
+    cfx_rng_seed(&rng, seed);
+    for (size_t j = 0; j < len; j++)
+        x[j] = 2.0f * cfx_rng_float(&rng) - 1.0f;
+}
+
+/* Completeness (Sundararajan et al.): the attributions of each image sum to
+ * score(x) - score(baseline) within 1 %, from a black and from a blurred
+ * baseline; and attributions are zero where image and baseline agree. */
+static void test_integrated_gradients_completeness(void **state)
+{
+    (void)state;
+    enum { N = 2, LEN = 3 * N * 64 };
+    cfx_model m;
+    make_explained_model(&m, N);
+    static float x[LEN], b[LEN], attr[LEN];
+    random_images(x, LEN, 8);
+    for (int j = 0; j < LEN; j++)
+        x[j] *= 2.0f;
+    int classes[N] = {1, 2};
+    for (int baseline = 0; baseline < 2; baseline++) {
+        if (baseline == 0)
+            for (int j = 0; j < LEN; j++)
+                b[j] = j < 2 * 64 ? x[j] : -1.5f; /* image 0's first channel as x: zero attribution */
+        else
+            viz_blur(x, 3, N, 8, 8, 3.0, b);
+        viz_integrated_gradients(&m, N, classes, x, b, 512, attr);
+        double fx[N], fb[N];
+        viz_class_scores(&m, N, classes, x, fx);
+        viz_class_scores(&m, N, classes, b, fb);
+        for (int i = 0; i < N; i++) {
+            double sum = 0.0;
+            for (int c = 0; c < 3; c++)
+                for (int p = 0; p < 64; p++)
+                    sum += attr[(c * N + i) * 64 + p];
+            printf("IG, baseline %d, image %d: sum %.6f, score difference %.6f\n", baseline, i,
+                   sum, fx[i] - fb[i]);
+            assert_true(fabs(fx[i] - fb[i]) > 1e-3);
+            assert_true(fabs(sum - (fx[i] - fb[i])) <= 0.01 * fabs(fx[i] - fb[i]));
+        }
+        if (baseline == 0)
+            for (int p = 0; p < 64; p++)
+                assert_true(attr[p] == 0.0f);
+    }
+    cfx_model_free(&m);
+}
+
+/* The blur keeps a constant image and the mean of each plane (reflected edges). */
+static void test_blur(void **state)
+{
+    (void)state;
+    float x[2 * 6 * 6], y[2 * 6 * 6];
+    for (int j = 0; j < 36; j++)
+        x[j] = 0.75f, x[36 + j] = (float)(j % 6 == 2); /* a vertical line */
+    viz_blur(x, 1, 2, 6, 6, 1.0, y);
+    for (int j = 0; j < 36; j++)
+        assert_float_equal(y[j], 0.75f, 1e-6);
+    assert_true(y[36 + 2] < 1.0f && y[36 + 1] > 0.0f && y[36 + 3] > y[36 + 5]);
+    for (int r = 1; r < 6; r++) /* every row alike: the line is vertical */
+        assert_float_equal(y[36 + r * 6 + 1], y[36 + 1], 1e-6);
+}
+
+/* SmoothGrad without noise is the gradient; for a linear network it is the
+ * gradient at any noise level; the noise is fixed by the seed. */
+static void test_smoothgrad(void **state)
+{
+    (void)state;
+    enum { N = 2, LEN = 3 * N * 64 };
+    cfx_model m;
+    make_explained_model(&m, N);
+    static float x[LEN], g[LEN], sg[LEN], again[LEN];
+    random_images(x, LEN, 9);
+    int classes[N] = {0, 2};
+    viz_input_gradient(&m, N, classes, x, g);
+    viz_smoothgrad(&m, N, classes, x, 0.0, 3, 1, sg);
+    assert_memory_equal(g, sg, sizeof g);
+    viz_smoothgrad(&m, N, classes, x, 0.2, 8, 5, sg);
+    viz_smoothgrad(&m, N, classes, x, 0.2, 8, 5, again);
+    assert_memory_equal(sg, again, sizeof sg);
+    viz_smoothgrad(&m, N, classes, x, 0.2, 8, 6, again);
+    assert_true(memcmp(sg, again, sizeof sg) != 0);
+    cfx_model_free(&m);
+
+    cfx_model lin;
+    make_model(&lin, "conv2d out=2 kernel=3 padding=1; flatten; linear out=3", 3, 8, 8, N,
+               CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS);
+    cfx_model_init_params(&lin, 4);
+    viz_input_gradient(&lin, N, classes, x, g);
+    viz_smoothgrad(&lin, N, classes, x, 0.5, 4, 2, sg);
+    for (int j = 0; j < LEN; j++)
+        assert_float_equal(sg[j], g[j], 1e-5 * (fabs(g[j]) + 1e-3));
+    cfx_model_free(&lin);
+}
+
+/* Occlusion against a brute-force loop over pixels: for each pixel, every
+ * square that covers it occluded alone in a one-image model. */
+static void test_occlusion_brute_force(void **state)
+{
+    (void)state;
+    enum { N = 2, LEN = 3 * N * 64, P = 3, S = 2 };
+    cfx_model m, one;
+    make_explained_model(&m, N);
+    make_explained_model(&one, 1);
+    static float x[LEN], maps[N * 64];
+    random_images(x, LEN, 10);
+    int classes[N] = {2, 0};
+    viz_occlusion(&m, N, classes, x, P, S, maps);
+    const int starts[4] = {0, 2, 4, 5}; /* stride 2, the last flush with the edge */
+    for (int i = 0; i < N; i++) {
+        float img[3 * 64], occ[3 * 64];
+        for (int c = 0; c < 3; c++)
+            memcpy(img + c * 64, x + (c * N + i) * 64, 64 * sizeof(float));
+        double base;
+        viz_class_scores(&one, 1, &classes[i], img, &base);
+        for (int p = 0; p < 64; p++) {
+            int py = p / 8, px = p % 8, count = 0;
+            double drop = 0.0;
+            for (int a = 0; a < 4; a++)
+                for (int b = 0; b < 4; b++) {
+                    int y0 = starts[a], x0 = starts[b];
+                    if (py < y0 || py >= y0 + P || px < x0 || px >= x0 + P)
+                        continue;
+                    memcpy(occ, img, sizeof occ);
+                    for (int c = 0; c < 3; c++)
+                        for (int y = y0; y < y0 + P; y++)
+                            for (int xx = x0; xx < x0 + P; xx++)
+                                occ[c * 64 + y * 8 + xx] = 0.0f;
+                    double s;
+                    viz_class_scores(&one, 1, &classes[i], occ, &s);
+                    drop += base - s, count++;
+                }
+            assert_true(count > 0);
+            assert_float_equal(maps[i * 64 + p], drop / count, 1e-5);
+        }
+    }
+    cfx_model_free(&m);
+    cfx_model_free(&one);
+}
+
 /* ---- sanity check ----------------------------------------------------- */
 
 static void test_sanity_randomisation(void **state)
@@ -224,34 +385,52 @@ static void test_sanity_randomisation(void **state)
     float *before = malloc(m.n_params * sizeof(float));
     memcpy(before, m.params, m.n_params * sizeof(float));
     int classes[N] = {0, 2};
+    float *x = malloc(3 * N * 64 * sizeof(float));
+    memcpy(x, m.acts[0], 3 * N * 64 * sizeof(float));
+    viz_attr_opts o;
+    viz_attr_defaults(&o);
+    o.ig_steps = 8, o.sg_samples = 4, o.occ_patch = 3, o.occ_stride = 2;
     viz_sanity s;
     cfx_error err;
-    assert_int_equal(viz_sanity_run(&m, N, classes, 3, 11, &s, &err), 0);
+    assert_int_equal(viz_sanity_run(&m, N, classes, x, 3, &o, 11, &s, &err), 0);
     assert_memory_equal(m.params, before, m.n_params * sizeof(float)); /* restored */
     assert_int_equal(s.n_steps, 4); /* trained, then layers 6, 3, 0 */
     assert_int_equal(s.layer[0], -1);
     assert_int_equal(s.layer[1], 6);
     assert_int_equal(s.layer[2], 3);
     assert_int_equal(s.layer[3], 0);
-    assert_int_equal(s.map_size, 64);
-    assert_int_equal(s.cam_size, 16);
-    for (int i = 0; i < N; i++)
-        assert_float_equal(s.saliency_rho[i], 1.0, 1e-12);
+    assert_int_equal(s.size[VIZ_SALIENCY], 64);
+    assert_int_equal(s.size[VIZ_GRADCAM], 16);
+    assert_int_equal(s.size[VIZ_OCCLUSION], 64);
+    for (int k = 0; k < VIZ_N_METHODS; k++)
+        for (int i = 0; i < N; i++)
+            assert_float_equal(s.rho[k][i], 1.0, 1e-12);
     /* step 0 equals a direct computation with the trained weights */
+    float *maps[VIZ_N_METHODS];
+    for (int k = 0; k < VIZ_N_METHODS; k++)
+        maps[k] = malloc((size_t)N * s.size[k] * sizeof(float));
+    viz_explain_all(&m, N, classes, x, 3, &o, maps);
+    float sal[N * 64];
+    memcpy(m.acts[0], x, sizeof sal * 3);
     viz_class_score_backward(&m, N, classes);
-    float maps[N * 64];
-    viz_saliency(&m, N, maps);
-    assert_memory_equal(maps, s.saliency, sizeof maps);
-    /* the last step: every parameter layer re-initialised, the map changes */
-    int diff = 0;
-    for (int j = 0; j < N * 64; j++)
-        diff += s.saliency[(size_t)3 * N * 64 + j] != maps[j];
-    assert_true(diff > 0);
+    viz_saliency(&m, N, sal);
+    assert_memory_equal(sal, s.maps[VIZ_SALIENCY], sizeof sal);
+    for (int k = 0; k < VIZ_N_METHODS; k++) {
+        assert_memory_equal(maps[k], s.maps[k], (size_t)N * s.size[k] * sizeof(float));
+        /* the last step: every parameter layer re-initialised, every map changes */
+        int diff = 0;
+        for (int j = 0; j < N * s.size[k]; j++)
+            diff += s.maps[k][(size_t)3 * N * s.size[k] + j] != maps[k][j];
+        assert_true(diff > 0);
+        free(maps[k]);
+    }
     viz_sanity_free(&s);
+    free(x);
     /* refuses a model without input gradients */
     cfx_model plain;
     make_model(&plain, "conv2d out=2 kernel=3; flatten; linear out=2", 1, 4, 4, 1, 0);
-    assert_int_equal(viz_sanity_run(&plain, 1, classes, 0, 1, &s, &err), -1);
+    float x1[16] = {0};
+    assert_int_equal(viz_sanity_run(&plain, 1, classes, x1, 0, &o, 1, &s, &err), -1);
     cfx_model_free(&plain);
     free(before);
     cfx_model_free(&m);
@@ -371,6 +550,10 @@ int main(void)
         cmocka_unit_test(test_gradcam_by_hand),
         cmocka_unit_test(test_spearman),
         cmocka_unit_test(test_confusion_per_class_pairs),
+        cmocka_unit_test(test_integrated_gradients_completeness),
+        cmocka_unit_test(test_blur),
+        cmocka_unit_test(test_smoothgrad),
+        cmocka_unit_test(test_occlusion_brute_force),
         cmocka_unit_test(test_sanity_randomisation),
         cmocka_unit_test(test_copy_layer_params),
         cmocka_unit_test(test_resize_bilinear),

@@ -97,6 +97,9 @@ int cfx_conv2d_direct_input_grad(float *din, const float *dout, const float *wei
 void cfx_relu_forward(float *out, const float *in, size_t n);
 /* din = dout where out > 0, else 0. */
 void cfx_relu_backward(float *din, const float *dout, const float *out, size_t n);
+/* Guided backpropagation's rule (Springenberg et al. 2015): din = dout where
+ * out > 0 and dout > 0, else 0. */
+void cfx_relu_guided_backward(float *din, const float *dout, const float *out, size_t n);
 
 /* Max pooling without padding over `planes` planes of H x W (floor mode);
  * ties go to the first maximum in row-major window order, as PyTorch. */
@@ -112,6 +115,9 @@ void cfx_maxpool_relu_backward(float *din, const float *dout, const float *in, i
 void cfx_gelu_forward(float *out, const float *in, size_t n);
 /* din = dout * GELU'(in). */
 void cfx_gelu_backward(float *din, const float *dout, const float *in, size_t n);
+/* The guided rule carried over to GELU: din = dout * GELU'(x) where x > 0 and
+ * dout > 0, else 0. */
+void cfx_gelu_guided_backward(float *din, const float *dout, const float *in, size_t n);
 
 /* Global average pooling: out[C][N] = mean of each H*W plane of in[C][N][HW]. */
 void cfx_avgpool_forward(float *out, const float *in, size_t planes, int HW);
@@ -213,6 +219,8 @@ typedef struct cfx_model {
     int flags;    /* CFX_MODEL_* given at creation */
     int training;      /* 1: batch statistics (default), 0: eval mode */
     int owns_buffers;  /* updates running statistics (0 for extra replicas) */
+    int guided;        /* guided backpropagation: ReLU and GELU pass back only positive
+                          gradients (cfx-viz; needs CFX_MODEL_KEEP_ACTIVATIONS) */
     int shares_state;  /* state belongs to another model (a replica) */
     cfx_reduce_fn reduce;
     void *reduce_ctx;

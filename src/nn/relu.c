@@ -15,6 +15,15 @@ CFX_SIMD_CLONES void cfx_relu_backward(float *din, const float *dout, const floa
     }
 }
 
+CFX_SIMD_CLONES void cfx_relu_guided_backward(float *din, const float *dout, const float *out,
+                                              size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float g = dout[i];
+        din[i] = out[i] > 0.0f && g > 0.0f ? g : 0.0f;
+    }
+}
+
 /* ---- the layer: relu ------------------------------------------------------ */
 
 static void relu_layer_forward(cfx_model *m, cfx_layer *L, int n)
@@ -27,7 +36,8 @@ static void relu_layer_backward(cfx_model *m, cfx_layer *L, int n, float *const 
 {
     /* fused == 2: the layer reading it applied the mask (in place) */
     if (din[0] && L->fused != 2)
-        cfx_relu_backward(din[0], cfx_layer_dout(m, L), cfx_layer_output(m, L), cfx_layer_out_size(L, n));
+        (m->guided ? cfx_relu_guided_backward : cfx_relu_backward)(
+            din[0], cfx_layer_dout(m, L), cfx_layer_output(m, L), cfx_layer_out_size(L, n));
 }
 
 const cfx_layer_kind cfx_kind_relu = {

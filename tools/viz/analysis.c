@@ -257,8 +257,17 @@ double viz_nanmean(const double *v, int n)
     return k ? s / k : NAN;
 }
 
-int viz_sanity_run(cfx_model *m, int n, const int *classes, int cam_layer, uint64_t seed,
-                   viz_sanity *out, cfx_error *err)
+void viz_sanity_mean_text(const viz_sanity *sa, int k, int s, char *buf, size_t len)
+{
+    double v = viz_nanmean(sa->rho[k] + s * sa->n_images, sa->n_images);
+    if (isnan(v))
+        snprintf(buf, len, "n/a");
+    else
+        snprintf(buf, len, "%.3f", v);
+}
+
+int viz_sanity_run(cfx_model *m, int n, const int *classes, const float *x, int cam_layer,
+                   const viz_attr_opts *o, uint64_t seed, viz_sanity *out, cfx_error *err)
 {
     memset(out, 0, sizeof *out);
     int need = CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS;
@@ -282,32 +291,26 @@ int viz_sanity_run(cfx_model *m, int n, const int *classes, int cam_layer, uint6
     float *trained = cfx_malloc(m->n_params * sizeof(float));
     memcpy(trained, m->params, m->n_params * sizeof(float));
 
-    const cfx_layer *C = &m->layers[cam_layer];
     out->n_steps = np + 1;
     out->n_images = n;
-    out->map_size = m->in_h * m->in_w;
-    out->cam_size = C->out_h * C->out_w;
-    out->saliency = cfx_malloc((size_t)out->n_steps * n * out->map_size * sizeof(float));
-    out->gradcam = cfx_malloc((size_t)out->n_steps * n * out->cam_size * sizeof(float));
-    out->saliency_rho = cfx_malloc((size_t)out->n_steps * n * sizeof(double));
-    out->gradcam_rho = cfx_malloc((size_t)out->n_steps * n * sizeof(double));
+    for (int k = 0; k < VIZ_N_METHODS; k++) {
+        out->size[k] = viz_method_size(m, cam_layer, (viz_method)k);
+        out->maps[k] = cfx_malloc((size_t)out->n_steps * n * out->size[k] * sizeof(float));
+        out->rho[k] = cfx_malloc((size_t)out->n_steps * n * sizeof(double));
+    }
     for (int s = 0; s < out->n_steps; s++) {
         out->layer[s] = s == 0 ? -1 : players[n_all - s];
         if (s > 0)
             viz_copy_layer_params(m, scratch.params, out->layer[s]);
-        viz_class_score_backward(m, n, classes);
-        float *sal = out->saliency + (size_t)s * n * out->map_size;
-        float *cam = out->gradcam + (size_t)s * n * out->cam_size;
-        viz_saliency(m, n, sal);
-        viz_gradcam(m, cam_layer, n, cam);
-        for (int i = 0; i < n; i++) {
-            out->saliency_rho[s * n + i] =
-                viz_spearman(out->saliency + (size_t)i * out->map_size,
-                             sal + (size_t)i * out->map_size, out->map_size);
-            out->gradcam_rho[s * n + i] =
-                viz_spearman(out->gradcam + (size_t)i * out->cam_size,
-                             cam + (size_t)i * out->cam_size, out->cam_size);
-        }
+        float *step_maps[VIZ_N_METHODS];
+        for (int k = 0; k < VIZ_N_METHODS; k++)
+            step_maps[k] = out->maps[k] + (size_t)s * n * out->size[k];
+        viz_explain_all(m, n, classes, x, cam_layer, o, step_maps);
+        for (int k = 0; k < VIZ_N_METHODS; k++)
+            for (int i = 0; i < n; i++)
+                out->rho[k][s * n + i] = viz_spearman(out->maps[k] + (size_t)i * out->size[k],
+                                                      step_maps[k] + (size_t)i * out->size[k],
+                                                      out->size[k]);
     }
     memcpy(m->params, trained, m->n_params * sizeof(float));
     free(trained);
@@ -318,9 +321,9 @@ int viz_sanity_run(cfx_model *m, int n, const int *classes, int cam_layer, uint6
 
 void viz_sanity_free(viz_sanity *s)
 {
-    free(s->saliency);
-    free(s->gradcam);
-    free(s->saliency_rho);
-    free(s->gradcam_rho);
+    for (int k = 0; k < VIZ_N_METHODS; k++) {
+        free(s->maps[k]);
+        free(s->rho[k]);
+    }
     memset(s, 0, sizeof *s);
 }

@@ -7,7 +7,8 @@
 
 #include <stdint.h>
 
-#include "cfx/common.h" /* defines: cfx_error */
+#include "attribution.h" /* defines: viz_method, viz_attr_opts, VIZ_N_METHODS */
+#include "cfx/common.h"  /* defines: cfx_error */
 #include "cfx/nn.h"     /* defines: cfx_model */
 
 /* ---- explanations ----------------------------------------------------- */
@@ -84,26 +85,27 @@ void viz_copy_layer_params(cfx_model *m, const float *src, int layer);
 
 /* Cascading randomisation: step 0 is the trained model; step s > 0 has the
  * top s parameter layers re-initialised (cfx_model_init_params with seed),
- * from the output layer down. At every step the saliency and Grad-CAM maps
- * of each image for its class are computed and compared with step 0 by
- * Spearman rank correlation. */
+ * from the output layer down. At every step every method's map of each
+ * image for its class is computed (viz_explain_all) and compared with step 0
+ * by Spearman rank correlation. */
 typedef struct {
     int n_steps; /* 1 + parameter layers */
     int n_images;
     int layer[CFX_MAX_LAYERS + 1]; /* step s > 0: the layer re-initialised last (-1 at 0) */
-    int map_size, cam_size;        /* floats per saliency / Grad-CAM map */
-    float *saliency;               /* [n_steps][n_images][map_size] */
-    float *gradcam;                /* [n_steps][n_images][cam_size] */
-    double *saliency_rho;          /* [n_steps][n_images]; 1 at step 0 */
-    double *gradcam_rho;           /* [n_steps][n_images]; NAN where undefined */
+    int size[VIZ_N_METHODS];       /* floats per map of each method */
+    float *maps[VIZ_N_METHODS];    /* [n_steps][n_images][size]; step 0: the trained model */
+    double *rho[VIZ_N_METHODS];    /* [n_steps][n_images]; 1 at step 0, NAN where undefined */
 } viz_sanity;
 
-/* Runs the check on the n images in m->acts[0] (m created with
+/* Runs the check on the n images x ([C][n][H][W]; m created with
  * CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS and max_batch >= n);
  * m->params are restored afterwards. */
-int viz_sanity_run(cfx_model *m, int n, const int *classes, int cam_layer, uint64_t seed,
-                   viz_sanity *out, cfx_error *err);
+int viz_sanity_run(cfx_model *m, int n, const int *classes, const float *x, int cam_layer,
+                   const viz_attr_opts *o, uint64_t seed, viz_sanity *out, cfx_error *err);
 void viz_sanity_free(viz_sanity *s);
+
+/* Method k's mean correlation at step s over the images, "%.3f" or "n/a". */
+void viz_sanity_mean_text(const viz_sanity *sa, int k, int s, char *buf, size_t len);
 
 /* Mean of the defined (non-NAN) values of v[0..n); NAN if none. */
 double viz_nanmean(const double *v, int n);

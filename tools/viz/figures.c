@@ -465,36 +465,57 @@ int viz_fig_conv1_filters(viz_out *o, const viz_run *r, cfx_error *err)
 
 /* ---- saliency and Grad-CAM -------------------------------------------- */
 
-/* Rows of (image, map, overlay) for the chosen images. */
-static int explanation(viz_out *o, const viz_run *r, int gradcam, cfx_error *err)
+/* One figure of attribution maps: a row per chosen image with the image,
+ * one column per method (each map scaled to its maximum; negative values,
+ * which only occlusion has, shown as 0) and the last method over the image
+ * in grey (Grad-CAM resized bilinearly). */
+typedef struct {
+    const char *file, *title, *subtitle, *caption;
+    int n_methods;
+    viz_method methods[3];
+    int markup; /* the subtitle is pango markup */
+} method_figure;
+
+static void grey_image(const uint8_t *rgb, uint8_t *grey)
+{
+    for (int p = 0; p < S * S; p++) {
+        const uint8_t *c = rgb + 3 * p;
+        grey[3 * p] = grey[3 * p + 1] = grey[3 * p + 2] =
+            (uint8_t)lround(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]);
+    }
+}
+
+static void column_heading(const viz_run *r, viz_method k, char *buf, size_t len)
+{
+    if (k == VIZ_GRADCAM)
+        snprintf(buf, len, "Grad-CAM (%d × %d)", r->cam_h, r->cam_w);
+    else if (k == VIZ_IG_BLACK || k == VIZ_IG_BLUR)
+        snprintf(buf, len, "from the %s image", k == VIZ_IG_BLACK ? "black" : "blurred");
+    else
+        snprintf(buf, len, "%s", VIZ_METHOD_LABEL[k]);
+}
+
+static int method_rows(viz_out *o, const viz_run *r, const method_figure *mf, cfx_error *err)
 {
     const double tile = 160.0, gap = 18.0, left = 176.0, head = 84.0, row_h = tile + gap;
+    const int cols = mf->n_methods + 2;
+    const char *cb_label = "map / its maximum";
     viz_fig f;
     viz_fig_init(&f, 10, 10);
-    const char *cb_label = gradcam ? "Grad-CAM / its maximum" : "saliency / its maximum";
     double cb_extra = viz_colorbar_extra(&f, 0, 1, r->n_images * row_h - gap, cb_label);
     viz_fig_free(&f);
-    double width = left + 3 * (tile + gap) + 18.0 + cb_extra + 16.0;
+    double width = left + cols * (tile + gap) + 18.0 + cb_extra + 16.0;
     viz_fig_init(&f, width, head + r->n_images * row_h + 8.0);
-    const cfx_layer *C = &r->model.layers[r->cam_layer];
-    char title[160], sub[300], col2[80];
-    if (gradcam) {
-        snprintf(title, sizeof title, "Grad-CAM of the predicted class");
-        snprintf(sub, sizeof sub,
-                 "layer %d %s (%s, %d × %d × %d): ReLU(Σ<sub>k</sub> α<sub>k</sub> "
-                 "A<sup>k</sup>), α<sub>k</sub> = mean of ∂ score / ∂ A<sup>k</sup>",
-                 r->cam_layer, C->key, C->kind->torch_name, C->out_c, C->out_h, C->out_w);
-        snprintf(col2, sizeof col2, "Grad-CAM (%d × %d)", r->cam_h, r->cam_w);
-    } else {
-        snprintf(title, sizeof title, "Saliency of the predicted class");
-        snprintf(sub, sizeof sub, "|∂ score / ∂ input|, maximum over the RGB channels");
-        snprintf(col2, sizeof col2, "saliency");
+    title_block(&f, width / 2, 10.0, mf->title, mf->subtitle, mf->markup ? VIZ_MARKUP : 0);
+    for (int c = 0; c < cols; c++) {
+        char h[80] = "image";
+        if (c > 0 && c <= mf->n_methods)
+            column_heading(r, mf->methods[c - 1], h, sizeof h);
+        else if (c > 0)
+            snprintf(h, sizeof h, "overlay");
+        viz_text(&f, left + c * (tile + gap) + tile / 2, head - 6.0, h, VIZ_FONT_LABEL, 0.5, 1.0,
+                 0, 0, VIZ_TEXT);
     }
-    title_block(&f, width / 2, 10.0, title, sub, gradcam ? VIZ_MARKUP : 0);
-    const char *heads[3] = {"image", col2, "overlay"};
-    for (int c = 0; c < 3; c++)
-        viz_text(&f, left + c * (tile + gap) + tile / 2, head - 6.0, heads[c], VIZ_FONT_LABEL, 0.5,
-                 1.0, 0, 0, VIZ_TEXT);
     for (int i = 0; i < r->n_images; i++) {
         double y = head + i * row_h;
         char lab[160], tp[128];
@@ -503,59 +524,142 @@ static int explanation(viz_out *o, const viz_run *r, int gradcam, cfx_error *err
         viz_text(&f, left - 14.0, y + tile / 2, lab, VIZ_FONT, 1.0, 0.5, 0, 0,
                  r->img_label[i] == r->img_pred[i] ? VIZ_TEXT : VIZ_RED);
         viz_image_rgb(&f, r->img_rgb[i], S, S, left, y, tile, tile);
-        const float *map;
-        int mh, mw;
-        if (gradcam)
-            map = r->gradcam + (size_t)i * r->cam_h * r->cam_w, mh = r->cam_h, mw = r->cam_w;
-        else
-            map = r->saliency + (size_t)i * S * S, mh = mw = S;
-        float lo, hi;
-        min_max(map, (size_t)mh * mw, &lo, &hi);
-        double vmax = hi > 0 ? hi : 1.0;
-        double x1 = left + tile + gap, x2 = left + 2 * (tile + gap);
-        viz_image_map(&f, map, mh, mw, 0.0, vmax, x1, y, tile, tile, 1.0, 0);
-        /* overlay: the image in grey under the map, opaque where the map is high
-         * (Grad-CAM resized bilinearly to the image) */
-        uint8_t grey[CFX_IMAGE_PIXELS];
-        for (int p = 0; p < S * S; p++) {
-            const uint8_t *c = r->img_rgb[i] + 3 * p;
-            grey[3 * p] = grey[3 * p + 1] = grey[3 * p + 2] =
-                (uint8_t)lround(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]);
+        double vmax = 1.0;
+        const float *map = NULL;
+        for (int c = 0; c < mf->n_methods; c++) {
+            viz_method k = mf->methods[c];
+            int mh = k == VIZ_GRADCAM ? r->cam_h : S, mw = k == VIZ_GRADCAM ? r->cam_w : S;
+            map = viz_run_map(r, k) + (size_t)i * mh * mw;
+            float lo, hi;
+            min_max(map, (size_t)mh * mw, &lo, &hi);
+            vmax = hi > 0 ? hi : 1.0;
+            viz_image_map(&f, map, mh, mw, 0.0, vmax, left + (c + 1) * (tile + gap), y, tile, tile,
+                          1.0, 0);
         }
-        viz_image_rgb(&f, grey, S, S, x2, y, tile, tile);
-        const float *over = gradcam ? r->gradcam_up + (size_t)i * S * S : map;
-        viz_image_map_overlay(&f, over, S, S, 0.0, vmax, x2, y, tile, tile, 0.9, gradcam);
-        for (int c = 0; c < 3; c++)
+        uint8_t grey[CFX_IMAGE_PIXELS];
+        grey_image(r->img_rgb[i], grey);
+        double xo = left + (cols - 1) * (tile + gap);
+        viz_image_rgb(&f, grey, S, S, xo, y, tile, tile);
+        int cam = mf->methods[mf->n_methods - 1] == VIZ_GRADCAM;
+        const float *over = cam ? r->gradcam_up + (size_t)i * S * S : map;
+        viz_image_map_overlay(&f, over, S, S, 0.0, vmax, xo, y, tile, tile, 0.9, cam);
+        for (int c = 0; c < cols; c++)
             viz_frame(&f, left + c * (tile + gap), y, tile, tile, VIZ_GREY, 1.0);
     }
-    viz_colorbar(&f, left + 3 * (tile + gap), head, 18.0, r->n_images * row_h - gap, 0.0, 1.0,
+    viz_colorbar(&f, left + cols * (tile + gap), head, 18.0, r->n_images * row_h - gap, 0.0, 1.0,
                  cb_label);
-    char cap[400];
-    if (gradcam)
-        snprintf(cap, sizeof cap,
-                 "Grad-CAM on layer %d, the last convolution: its %d channels weighted by the "
-                 "mean gradient of the predicted class score, summed and passed through ReLU; "
-                 "the overlay is the map resized bilinearly to 32 × 32.",
-                 r->cam_layer, C->out_c);
-    else
-        snprintf(cap, sizeof cap,
-                 "Saliency: the absolute gradient of the predicted class score (logit) with "
-                 "respect to the input pixels, maximum over the colour channels, computed by "
-                 "libcfx's backward pass.");
-    int rc = viz_out_save(o, &f, gradcam ? "plots/gradcam" : "plots/saliency", VIZ_SEC_EXPLAIN,
-                          title, cap, err);
+    int rc = viz_out_save(o, &f, mf->file, VIZ_SEC_EXPLAIN, mf->title, mf->caption, err);
     viz_fig_free(&f);
     return rc;
 }
 
 int viz_fig_saliency(viz_out *o, const viz_run *r, cfx_error *err)
 {
-    return explanation(o, r, 0, err);
+    method_figure mf = {"plots/saliency", "Saliency of the predicted class",
+                        "|∂ score / ∂ input|, maximum over the RGB channels",
+                        "Saliency: the absolute gradient of the predicted class score (logit) "
+                        "with respect to the input pixels, maximum over the colour channels, "
+                        "computed by libcfx's backward pass.",
+                        1, {VIZ_SALIENCY}, 0};
+    return method_rows(o, r, &mf, err);
 }
 
 int viz_fig_gradcam(viz_out *o, const viz_run *r, cfx_error *err)
 {
-    return explanation(o, r, 1, err);
+    const cfx_layer *C = &r->model.layers[r->cam_layer];
+    char sub[300], cap[400];
+    snprintf(sub, sizeof sub,
+             "layer %d %s (%s, %d × %d × %d): ReLU(Σ<sub>k</sub> α<sub>k</sub> "
+             "A<sup>k</sup>), α<sub>k</sub> = mean of ∂ score / ∂ A<sup>k</sup>",
+             r->cam_layer, C->key, C->kind->torch_name, C->out_c, C->out_h, C->out_w);
+    snprintf(cap, sizeof cap,
+             "Grad-CAM on layer %d, the last convolution: its %d channels weighted by the "
+             "mean gradient of the predicted class score, summed and passed through ReLU; "
+             "the overlay is the map resized bilinearly to 32 × 32.",
+             r->cam_layer, C->out_c);
+    method_figure mf = {"plots/gradcam", "Grad-CAM of the predicted class", sub, cap, 1,
+                        {VIZ_GRADCAM}, 1};
+    return method_rows(o, r, &mf, err);
+}
+
+int viz_fig_integrated_gradients(viz_out *o, const viz_run *r, cfx_error *err)
+{
+    char sub[200], cap[600];
+    snprintf(sub, sizeof sub,
+             "(x − x′) × mean of ∂ score / ∂ input on the path from the baseline x′ to x "
+             "(%d steps), Σ over RGB of |·|",
+             r->attr.ig_steps);
+    double worst = 0.0;
+    for (int b = 0; b < 2; b++)
+        for (int i = 0; i < r->n_images; i++) {
+            double want = r->ig_check[b][i][1], got = r->ig_check[b][i][0];
+            double e = fabs(got - want) / fmax(fabs(want), 1e-12);
+            worst = e > worst ? e : worst;
+        }
+    snprintf(cap, sizeof cap,
+             "Integrated Gradients (Sundararajan et al. 2017) of the predicted class score from "
+             "two baselines: the black image and the image blurred by a Gaussian of σ = %.0f "
+             "pixels. Completeness: each image's attributions sum to score(x) − score(x′) to "
+             "within %.2g %% here (analysis.h5 has both numbers).",
+             r->attr.blur_sigma, 100.0 * worst);
+    method_figure mf = {"plots/integrated_gradients", "Integrated Gradients", sub, cap, 2,
+                        {VIZ_IG_BLACK, VIZ_IG_BLUR}, 0};
+    return method_rows(o, r, &mf, err);
+}
+
+int viz_fig_smoothgrad(viz_out *o, const viz_run *r, cfx_error *err)
+{
+    char sub[200], cap[400];
+    snprintf(sub, sizeof sub,
+             "mean gradient over %d copies with noise σ = %.2f × (max − min), beside plain saliency",
+             r->attr.sg_samples, r->attr.sg_noise);
+    snprintf(cap, sizeof cap,
+             "SmoothGrad (Smilkov et al. 2017): the gradient of the predicted class score "
+             "averaged over %d noisy copies of the image (Gaussian noise of %.0f %% of its "
+             "range), maximum over the colour channels of its absolute value.",
+             r->attr.sg_samples, 100.0 * r->attr.sg_noise);
+    method_figure mf = {"plots/smoothgrad", "SmoothGrad", sub, cap, 2,
+                        {VIZ_SALIENCY, VIZ_SMOOTHGRAD}, 0};
+    return method_rows(o, r, &mf, err);
+}
+
+int viz_fig_occlusion(viz_out *o, const viz_run *r, cfx_error *err)
+{
+    char sub[200], cap[400];
+    snprintf(sub, sizeof sub,
+             "drop of the class score when a %d × %d square (stride %d) is set to the mean colour",
+             r->attr.occ_patch, r->attr.occ_patch, r->attr.occ_stride);
+    snprintf(cap, sizeof cap,
+             "Occlusion sensitivity (Zeiler & Fergus 2014): how much the predicted class score "
+             "falls when a %d × %d square is set to the dataset's mean colour, averaged over the "
+             "squares covering each pixel; squares that raised the score show as 0.",
+             r->attr.occ_patch, r->attr.occ_patch);
+    method_figure mf = {"plots/occlusion", "Occlusion sensitivity", sub, cap, 1,
+                        {VIZ_OCCLUSION}, 0};
+    return method_rows(o, r, &mf, err);
+}
+
+int viz_fig_guided_backprop(viz_out *o, const viz_run *r, cfx_error *err)
+{
+    method_figure mf = {
+        "plots/guided_backprop", "Guided Backpropagation",
+        "the gradient with only positive gradients passed back through ReLU / GELU",
+        "Guided Backpropagation (Springenberg et al. 2015): the input gradient of the predicted "
+        "class score where every ReLU (and GELU) passes back only positive gradients of "
+        "positive inputs; maximum over the colour channels of its absolute value.",
+        2, {VIZ_SALIENCY, VIZ_GUIDED_BP}, 0};
+    return method_rows(o, r, &mf, err);
+}
+
+int viz_fig_guided_gradcam(viz_out *o, const viz_run *r, cfx_error *err)
+{
+    method_figure mf = {
+        "plots/guided_gradcam", "Guided Grad-CAM",
+        "Guided Backpropagation × Grad-CAM resized to the image",
+        "Guided Grad-CAM (Selvaraju et al. 2017): the guided gradient multiplied by the Grad-CAM "
+        "map resized to 32 × 32: fine detail where the class evidence lies.",
+        3, {VIZ_GUIDED_BP, VIZ_GRADCAM, VIZ_GUIDED_GRADCAM}, 0};
+    return method_rows(o, r, &mf, err);
 }
 
 /* ---- per-class metrics ------------------------------------------------ */
@@ -731,6 +835,15 @@ static void rho_text(char *buf, size_t len, double rho)
         snprintf(buf, len, "ρ = %s%.2f", lround(rho * 100) < 0 ? "−" : "", fabs(rho));
 }
 
+/* The sanity chart's line of each method (matplotlib's tab10 colours). */
+static const viz_color SANITY_COLORS[VIZ_N_METHODS] = {
+    {0x1f / 255.0, 0x77 / 255.0, 0xb4 / 255.0}, {0xff / 255.0, 0x7f / 255.0, 0x0e / 255.0},
+    {0x2c / 255.0, 0xa0 / 255.0, 0x2c / 255.0}, {0xd6 / 255.0, 0x27 / 255.0, 0x28 / 255.0},
+    {0x94 / 255.0, 0x67 / 255.0, 0xbd / 255.0}, {0x8c / 255.0, 0x56 / 255.0, 0x4b / 255.0},
+    {0xe3 / 255.0, 0x77 / 255.0, 0xc2 / 255.0}, {0x7f / 255.0, 0x7f / 255.0, 0x7f / 255.0}};
+static const int SANITY_DASHES[VIZ_N_METHODS] = {VIZ_SOLID,  VIZ_SOLID,  VIZ_DASHED, VIZ_DASHED,
+                                                 VIZ_DOTTED, VIZ_DOTTED, VIZ_SOLID,  VIZ_DASHED};
+
 int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
 {
     const viz_sanity *sa = &r->sanity;
@@ -785,16 +898,16 @@ int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
                 const float *map;
                 int mh, mw;
                 if (m == 0)
-                    map = sa->saliency + ((size_t)s * n + i) * sa->map_size, mh = mw = S;
+                    map = sa->maps[VIZ_SALIENCY] + ((size_t)s * n + i) * sa->size[VIZ_SALIENCY], mh = mw = S;
                 else
-                    map = sa->gradcam + ((size_t)s * n + i) * sa->cam_size, mh = r->cam_h,
+                    map = sa->maps[VIZ_GRADCAM] + ((size_t)s * n + i) * sa->size[VIZ_GRADCAM], mh = r->cam_h,
                     mw = r->cam_w;
                 float lo, hi;
                 min_max(map, (size_t)mh * mw, &lo, &hi);
                 viz_image_map(&f, map, mh, mw, 0.0, hi > 0 ? hi : 1.0, x, y, tile, tile, 1.0, 0);
                 viz_frame(&f, x, y, tile, tile, VIZ_GREY, 1.0);
                 char rt[32];
-                rho_text(rt, sizeof rt, (m == 0 ? sa->saliency_rho : sa->gradcam_rho)[s * n + i]);
+                rho_text(rt, sizeof rt, sa->rho[m == 0 ? VIZ_SALIENCY : VIZ_GRADCAM][s * n + i]);
                 viz_text(&f, x + tile / 2, y + tile + 3.0, rt, FONT_CAPTION, 0.5, 0.0, 0, 0,
                          VIZ_TEXT);
             }
@@ -812,25 +925,33 @@ int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
     double by = head + grid_h + 16.0;
     const char *ct = "Rank correlation with the trained model's map";
     double lo = 0.0;
-    for (int j = 0; j < steps * n; j++) {
-        if (!isnan(sa->saliency_rho[j]))
-            lo = fmin(lo, sa->saliency_rho[j]);
-        if (!isnan(sa->gradcam_rho[j]))
-            lo = fmin(lo, sa->gradcam_rho[j]);
-    }
-    viz_axes_layout(&ax, &f, 40.0, by, width - 80.0, chart_h - 6.0, -0.3, steps - 0.7,
+    for (int k = 0; k < VIZ_N_METHODS; k++) /* means; saliency and Grad-CAM per image too */
+        for (int s = 0; s < steps; s++) {
+            double mean = viz_nanmean(sa->rho[k] + s * n, n);
+            lo = isnan(mean) ? lo : fmin(lo, mean);
+            for (int i = 0; k <= VIZ_GRADCAM && i < n; i++)
+                lo = isnan(sa->rho[k][s * n + i]) ? lo : fmin(lo, sa->rho[k][s * n + i]);
+        }
+    viz_legend_entry e[VIZ_N_METHODS];
+    for (int k = 0; k < VIZ_N_METHODS; k++)
+        e[k] = (viz_legend_entry){VIZ_METHOD_LABEL[k], SANITY_COLORS[k], SANITY_DASHES[k],
+                                  VIZ_CIRCLE, NULL};
+    double lw, lh; /* the legend right of the chart: eight lines would hide the curves */
+    viz_legend_size(&f, e, VIZ_N_METHODS, &lw, &lh);
+    viz_axes_layout(&ax, &f, 40.0, by, width - 80.0 - lw - 16.0, chart_h - 6.0, -0.3, steps - 0.7,
                     lo - 0.05 * (1.0 - lo), 1.0 + 0.05 * (1.0 - lo), 0, ct,
                     "re-initialised down to layer", "Spearman ρ");
     viz_axes_draw(&ax, ct, "re-initialised down to layer", "Spearman ρ");
     viz_axes_hline(&ax, 0.0, VIZ_GREY, 1.0, VIZ_SOLID);
     double *xs = cfx_malloc((size_t)steps * sizeof *xs),
            *ys = cfx_malloc((size_t)steps * sizeof *ys);
-    double *px = cfx_malloc(2 * (size_t)steps * sizeof *px),
-           *py = cfx_malloc(2 * (size_t)steps * sizeof *py);
-    for (int m = 0; m < 2; m++) {
-        const double *rho = m == 0 ? sa->saliency_rho : sa->gradcam_rho;
-        viz_color c = m == 0 ? VIZ_BLUE : VIZ_ORANGE;
-        for (int i = 0; i < n; i++) {
+    double *px = cfx_malloc(VIZ_N_METHODS * (size_t)steps * sizeof *px),
+           *py = cfx_malloc(VIZ_N_METHODS * (size_t)steps * sizeof *py);
+    /* the mean over images of every method; the methods of the grid above also per image */
+    for (int k = 0; k < VIZ_N_METHODS; k++) {
+        const double *rho = sa->rho[k];
+        viz_color c = SANITY_COLORS[k];
+        for (int i = 0; k <= VIZ_GRADCAM && i < n; i++) {
             for (int s = 0; s < steps; s++)
                 xs[s] = s, ys[s] = isnan(rho[s * n + i]) ? 0.0 : rho[s * n + i];
             viz_color light = {0.6 * 1 + 0.4 * c.r, 0.6 + 0.4 * c.g, 0.6 + 0.4 * c.b};
@@ -839,14 +960,11 @@ int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
         for (int s = 0; s < steps; s++) {
             double mean = viz_nanmean(rho + s * n, n);
             xs[s] = s, ys[s] = isnan(mean) ? 0.0 : mean;
-            px[m * steps + s] = s, py[m * steps + s] = ys[s];
+            px[k * steps + s] = s, py[k * steps + s] = ys[s];
         }
-        viz_axes_line(&ax, xs, ys, steps, c, 2.5, VIZ_SOLID, VIZ_CIRCLE);
+        viz_axes_line(&ax, xs, ys, steps, c, 2.5, SANITY_DASHES[k], VIZ_CIRCLE);
     }
-    viz_legend_entry e[2] = {
-        {"saliency (mean over images)", VIZ_BLUE, VIZ_SOLID, VIZ_CIRCLE, NULL},
-        {"Grad-CAM (mean over images)", VIZ_ORANGE, VIZ_SOLID, VIZ_CIRCLE, NULL}};
-    viz_axes_legend(&ax, e, 2, px, py, 2 * steps);
+    viz_legend_draw(&f, e, VIZ_N_METHODS, ax.x + ax.w + 16.0, ax.y + 10.0);
     free(xs), free(ys), free(px), free(py), free(names), free(labels);
     int rc = viz_out_save(o, &f, "plots/sanity_randomization", VIZ_SEC_SANITY, title,
                           "Model randomisation test (Adebayo et al., 2018): parameter layers are "

@@ -49,6 +49,11 @@ int viz_fig_featuremaps(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_conv1_filters(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_saliency(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_gradcam(viz_out *o, const viz_run *r, cfx_error *err);
+int viz_fig_integrated_gradients(viz_out *o, const viz_run *r, cfx_error *err);
+int viz_fig_smoothgrad(viz_out *o, const viz_run *r, cfx_error *err);
+int viz_fig_occlusion(viz_out *o, const viz_run *r, cfx_error *err);
+int viz_fig_guided_backprop(viz_out *o, const viz_run *r, cfx_error *err);
+int viz_fig_guided_gradcam(viz_out *o, const viz_run *r, cfx_error *err);
 /* Also writes per_class.csv. */
 int viz_fig_per_class(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_confusion_pairs(viz_out *o, const viz_run *r, cfx_error *err);

@@ -26,7 +26,9 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: cfx-viz --run OUTPUT_DIR [--data DIR] [--images i,j,k] [--layer NAME]\n"
-            "               [--format png|svg|pdf] [--quiet]\n"
+            "               [--format png|svg|pdf] [--quiet] [--ig-steps N]\n"
+            "               [--smoothgrad-noise F] [--smoothgrad-samples N]\n"
+            "               [--occlusion-patch N] [--occlusion-stride N]\n"
             "\n"
             "Draws every figure of a cfx-train run from OUTPUT_DIR/checkpoints/best.h5 and\n"
             "OUTPUT_DIR/logs/metrics.h5 and writes them under OUTPUT_DIR: plots/, featuremaps/,\n"
@@ -41,6 +43,11 @@ static void usage(FILE *out)
             "  --layer NAME       the layer Grad-CAM explains, by name (layer3.1) or index\n"
             "                     (default: the last convolution, or the block holding it)\n"
             "  --format FMT       png (default), svg or pdf\n"
+            "  --ig-steps N       Integrated Gradients: points on the path (default 32)\n"
+            "  --smoothgrad-noise F    SmoothGrad: noise sigma / image range (default 0.15)\n"
+            "  --smoothgrad-samples N  SmoothGrad: noisy copies (default 16)\n"
+            "  --occlusion-patch N     occlusion: side of the square, pixels (default 8)\n"
+            "  --occlusion-stride N    occlusion: step between squares (default 4)\n"
             "  --quiet            print only errors\n"
             "  --version, --help\n"
             "\n"
@@ -62,6 +69,56 @@ static int out_dir(const char *dir, const char *sub, cfx_error *err)
     return 0;
 }
 
+/* A numeric flag's value within [lo, hi], or a one-line error. */
+static int number_flag(const char *flag, const char *text, double lo, double hi, int integer,
+                       double *out)
+{
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || *end || !(v >= lo && v <= hi) || (integer && v != floor(v))) {
+        fprintf(stderr, "cfx-viz: %s: '%s' is not %s from %g to %g\n", flag, text,
+                integer ? "a whole number" : "a number", lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The attribution flags: --ig-steps N, ...; 1 if argv[*i] is one (consumed), 0 if not, -1 bad. */
+static int attribution_flag(int argc, char **argv, int *i, viz_attr_opts *o)
+{
+    static const struct {
+        const char *flag;
+        double lo, hi;
+        int integer;
+    } flags[] = {{"--ig-steps", 1, 4096, 1},         {"--smoothgrad-noise", 0, 10, 0},
+                 {"--smoothgrad-samples", 1, 4096, 1}, {"--occlusion-patch", 1, 32, 1},
+                 {"--occlusion-stride", 1, 32, 1}};
+    for (int k = 0; k < (int)(sizeof flags / sizeof flags[0]); k++) {
+        if (strcmp(argv[*i], flags[k].flag) != 0)
+            continue;
+        double v;
+        if (*i + 1 >= argc) {
+            fprintf(stderr, "cfx-viz: %s needs a value (see --help)\n", flags[k].flag);
+            return -1;
+        }
+        if (number_flag(flags[k].flag, argv[++*i], flags[k].lo, flags[k].hi, flags[k].integer, &v))
+            return -1;
+        if (k == 0)
+            o->ig_steps = (int)v;
+        else if (k == 1)
+            o->sg_noise = v;
+        else if (k == 2)
+            o->sg_samples = (int)v;
+        else if (k == 3)
+            o->occ_patch = (int)v;
+        else
+            o->occ_stride = (int)v;
+        return 1;
+    }
+    return 0;
+}
+
 typedef int (*figure_fn)(viz_out *, const viz_run *, cfx_error *);
 
 static void print_sanity(const viz_run *r)
@@ -76,17 +133,20 @@ static void print_sanity(const viz_run *r)
         viz_sanity_step_label(r, s, lab, sizeof lab);
         width = (int)strlen(lab) > width ? (int)strlen(lab) : width;
     }
-    printf("  step  %-*s %10s %9s\n", width, "re-initialised down to", "saliency", "Grad-CAM");
+    printf("  step  %-*s", width, "re-initialised down to");
+    for (int k = 0; k < VIZ_N_METHODS; k++)
+        printf(" %10s", VIZ_METHOD_SHORT[k]);
+    printf("\n");
     for (int s = 0; s < sa->n_steps; s++) {
-        char lab[96], a[16] = "n/a", b[16] = "n/a";
+        char lab[96];
         viz_sanity_step_label(r, s, lab, sizeof lab);
-        double ma = viz_nanmean(sa->saliency_rho + s * sa->n_images, sa->n_images);
-        double mb = viz_nanmean(sa->gradcam_rho + s * sa->n_images, sa->n_images);
-        if (!isnan(ma))
-            snprintf(a, sizeof a, "%.3f", ma);
-        if (!isnan(mb))
-            snprintf(b, sizeof b, "%.3f", mb);
-        printf("  %4d  %-*s %10s %9s\n", s, width, lab, a, b);
+        printf("  %4d  %-*s", s, width, lab);
+        for (int k = 0; k < VIZ_N_METHODS; k++) {
+            char v[16];
+            viz_sanity_mean_text(sa, k, s, v, sizeof v);
+            printf(" %10s", v);
+        }
+        printf("\n");
     }
 }
 
@@ -96,8 +156,15 @@ int main(int argc, char **argv)
     const char *run_dir = NULL, *data_dir = NULL, *images = NULL, *cam_layer = NULL;
     viz_format fmt = VIZ_PNG;
     int quiet = 0;
+    viz_attr_opts attr;
+    viz_attr_defaults(&attr);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int used = attribution_flag(argc, argv, &i, &attr);
+        if (used < 0)
+            return CFX_EXIT_USAGE;
+        if (used)
+            continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage(stdout);
             return CFX_EXIT_OK;
@@ -150,6 +217,7 @@ int main(int argc, char **argv)
         goto fail;
     if (cam_layer)
         snprintf(r.cam_request, sizeof r.cam_request, "%s", cam_layer);
+    r.attr = attr;
     if (viz_run_choose_images(&r, images, &err) != 0) {
         code = CFX_EXIT_USAGE;
         goto fail;
@@ -166,6 +234,13 @@ int main(int argc, char **argv)
                r.test_accuracy, r.test_loss, r.n_test, cfx_blas_core(), cfx_blas_threads(),
                cfx_blas_threads() == 1 ? "" : "s");
         print_sanity(&r);
+        for (int b = 0; b < 2; b++) {
+            printf("Integrated Gradients from the %s image, completeness (sum of attributions "
+                   "vs score change):", b ? "blurred" : "black");
+            for (int i = 0; i < r.n_images; i++)
+                printf(" %.4f/%.4f", r.ig_check[b][i][0], r.ig_check[b][i][1]);
+            printf("\n");
+        }
     }
 
     double t_draw = cfx_now();
@@ -174,7 +249,8 @@ int main(int argc, char **argv)
     static const figure_fn figures[] = {
         viz_fig_loss_curves,   viz_fig_accuracies,      viz_fig_confusion,     viz_fig_per_class,
         viz_fig_misclassified, viz_fig_confusion_pairs, viz_fig_conv1_filters, viz_fig_saliency,
-        viz_fig_gradcam,       viz_fig_sanity,          viz_fig_featuremaps,
+        viz_fig_gradcam,       viz_fig_integrated_gradients, viz_fig_smoothgrad, viz_fig_occlusion,
+        viz_fig_guided_backprop, viz_fig_guided_gradcam, viz_fig_sanity, viz_fig_featuremaps,
     };
     for (size_t i = 0; i < sizeof figures / sizeof figures[0]; i++)
         if (figures[i](&out, &r, &err) != 0)
@@ -192,9 +268,11 @@ int main(int argc, char **argv)
     t_files = cfx_now() - t_files;
     if (!quiet)
         printf("cfx-viz: %d figures, per_class.csv, analysis.h5 and report.html in %s/ in %.2f s "
-               "(load %.2f, test set %.2f, saliency/Grad-CAM %.2f, sanity check %.2f, "
+               "(load %.2f, test set %.2f, feature maps and IG check %.2f, %d methods at %d "
+               "sanity steps %.2f, "
                "drawing %.2f, analysis.h5 + report %.2f)\n",
-               out.n, r.run_dir, cfx_now() - t0, r.t_load, r.t_eval, r.t_explain, r.t_sanity,
+               out.n, r.run_dir, cfx_now() - t0, r.t_load, r.t_eval, r.t_explain, VIZ_N_METHODS,
+               r.sanity.n_steps, r.t_sanity,
                t_draw, t_files);
     code = CFX_EXIT_OK;
 fail:

@@ -176,21 +176,22 @@ int viz_write_report(const viz_run *r, const viz_out *o, const char *path, doubl
     fputs("<h2 id=\"sanity\">Sanity check</h2>\n", fp);
     section(fp, o, VIZ_SEC_SANITY);
     const viz_sanity *sa = &r->sanity;
-    fprintf(fp, "<table id=\"sanity-table\">\n<tr><th>step</th><th>re-initialised down to</th>"
-                "<th>saliency ρ</th><th>Grad-CAM ρ</th></tr>\n");
+    fprintf(fp, "<table id=\"sanity-table\">\n<tr><th>step</th><th>re-initialised down to</th>");
+    for (int k = 0; k < VIZ_N_METHODS; k++)
+        fprintf(fp, "<th>%s ρ</th>", VIZ_METHOD_LABEL[k]);
+    fprintf(fp, "</tr>\n");
     for (int s = 0; s < sa->n_steps; s++) {
         char lab[64];
         viz_sanity_step_label(r, s, lab, sizeof lab);
-        double a = viz_nanmean(sa->saliency_rho + s * sa->n_images, sa->n_images);
-        double b = viz_nanmean(sa->gradcam_rho + s * sa->n_images, sa->n_images);
-        char ta[16] = "n/a", tb[16] = "n/a";
-        if (!isnan(a))
-            snprintf(ta, sizeof ta, "%.3f", a);
-        if (!isnan(b))
-            snprintf(tb, sizeof tb, "%.3f", b);
         fprintf(fp, "<tr><td class=\"n\">%d</td><td>", s);
         put_escaped(fp, lab);
-        fprintf(fp, "</td><td class=\"n\">%s</td><td class=\"n\">%s</td></tr>\n", ta, tb);
+        fprintf(fp, "</td>");
+        for (int k = 0; k < VIZ_N_METHODS; k++) {
+            char v[16];
+            viz_sanity_mean_text(sa, k, s, v, sizeof v);
+            fprintf(fp, "<td class=\"n\">%s</td>", v);
+        }
+        fprintf(fp, "</tr>\n");
     }
     fprintf(fp, "</table>\n<p>Mean over the %d images; re-initialisation seed %llu.</p>\n",
             sa->n_images, (unsigned long long)r->sanity_seed);

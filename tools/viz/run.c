@@ -312,7 +312,8 @@ int viz_run_choose_images(viz_run *r, const char *list, cfx_error *err)
     return 0;
 }
 
-/* Saliency, Grad-CAM and feature maps of the chosen images. */
+/* The chosen images: their pixels, predictions and feature maps (their
+ * attribution maps are step 0 of the sanity check). */
 static int explain(viz_run *r, cfx_error *err)
 {
     int n = r->n_images;
@@ -338,18 +339,11 @@ static int explain(viz_run *r, cfx_error *err)
         r->img_pred[i] = r->preds[r->images[i]];
         r->img_prob[i] = r->probs[(size_t)r->images[i] * CFX_NUM_CLASSES + r->img_pred[i]];
     }
-    viz_class_score_backward(g, n, r->img_pred);
     const int HW = CFX_IMAGE_SIZE * CFX_IMAGE_SIZE;
-    r->saliency = cfx_malloc((size_t)n * HW * sizeof(float));
-    viz_saliency(g, n, r->saliency);
-    const cfx_layer *C = &g->layers[r->cam_layer];
-    r->cam_h = C->out_h, r->cam_w = C->out_w;
-    r->gradcam = cfx_malloc((size_t)n * r->cam_h * r->cam_w * sizeof(float));
-    r->gradcam_up = cfx_malloc((size_t)n * HW * sizeof(float));
-    viz_gradcam(g, r->cam_layer, n, r->gradcam);
-    for (int i = 0; i < n; i++)
-        viz_resize_bilinear(r->gradcam + (size_t)i * r->cam_h * r->cam_w, r->cam_h, r->cam_w,
-                            r->gradcam_up + (size_t)i * HW, CFX_IMAGE_SIZE, CFX_IMAGE_SIZE);
+    size_t len = (size_t)CFX_IMAGE_CHANNELS * n * HW;
+    r->inputs = cfx_malloc(len * sizeof(float));
+    memcpy(r->inputs, g->acts[0], len * sizeof(float));
+    cfx_model_forward(g, n);
     /* feature maps of the first image: its planes of every spatial output */
     r->features = cfx_calloc((size_t)g->n_layers, sizeof *r->features);
     for (int l = 0; l < g->n_layers; l++) {
@@ -363,6 +357,41 @@ static int explain(viz_run *r, cfx_error *err)
                    hw * sizeof(float));
     }
     return 0;
+}
+
+/* Integrated Gradients' signed attributions from both baselines and their
+ * completeness: the sum of each image's attributions against the change of
+ * its score from the baseline to the image. */
+static void integrated_gradients_check(viz_run *r)
+{
+    cfx_model *g = &r->gmodel;
+    int n = r->n_images;
+    size_t len = (size_t)CFX_IMAGE_CHANNELS * n * CFX_IMAGE_SIZE * CFX_IMAGE_SIZE;
+    size_t hw = (size_t)CFX_IMAGE_SIZE * CFX_IMAGE_SIZE;
+    float *b = cfx_malloc(len * sizeof(float));
+    double fx[VIZ_MAX_IMAGES], fb[VIZ_MAX_IMAGES];
+    viz_class_scores(g, n, r->img_pred, r->inputs, fx);
+    for (int k = 0; k < 2; k++) {
+        if (k == 0)
+            for (int c = 0; c < CFX_IMAGE_CHANNELS; c++)
+                for (size_t j = 0; j < n * hw; j++)
+                    b[c * n * hw + j] = -CFX_CIFAR10_MEAN[c] / CFX_CIFAR10_STD[c];
+        else
+            viz_blur(r->inputs, CFX_IMAGE_CHANNELS, n, CFX_IMAGE_SIZE, CFX_IMAGE_SIZE,
+                     r->attr.blur_sigma, b);
+        r->ig_attr[k] = cfx_malloc(len * sizeof(float));
+        viz_integrated_gradients(g, n, r->img_pred, r->inputs, b, r->attr.ig_steps, r->ig_attr[k]);
+        viz_class_scores(g, n, r->img_pred, b, fb);
+        for (int i = 0; i < n; i++) {
+            double sum = 0.0;
+            for (int c = 0; c < CFX_IMAGE_CHANNELS; c++)
+                for (size_t p = 0; p < hw; p++)
+                    sum += r->ig_attr[k][((size_t)c * n + i) * hw + p];
+            r->ig_check[k][i][0] = sum;
+            r->ig_check[k][i][1] = fx[i] - fb[i];
+        }
+    }
+    free(b);
 }
 
 int viz_run_compute(viz_run *r, cfx_error *err)
@@ -395,10 +424,21 @@ int viz_run_compute(viz_run *r, cfx_error *err)
     r->t_explain = t2 - t1;
     /* re-initialised weights come from another seed than training's */
     r->sanity_seed = r->state.seed + 1;
-    if (viz_sanity_run(&r->gmodel, r->n_images, r->img_pred, r->cam_layer, r->sanity_seed,
-                       &r->sanity, err) != 0)
+    if (viz_sanity_run(&r->gmodel, r->n_images, r->img_pred, r->inputs, r->cam_layer, &r->attr,
+                       r->sanity_seed, &r->sanity, err) != 0)
         return -1;
     r->t_sanity = cfx_now() - t2;
+    const cfx_layer *C = &r->gmodel.layers[r->cam_layer];
+    r->cam_h = C->out_h, r->cam_w = C->out_w;
+    const int HW = CFX_IMAGE_SIZE * CFX_IMAGE_SIZE;
+    r->gradcam_up = cfx_malloc((size_t)r->n_images * HW * sizeof(float));
+    for (int i = 0; i < r->n_images; i++)
+        viz_resize_bilinear(viz_run_map(r, VIZ_GRADCAM) + (size_t)i * r->cam_h * r->cam_w,
+                            r->cam_h, r->cam_w, r->gradcam_up + (size_t)i * HW, CFX_IMAGE_SIZE,
+                            CFX_IMAGE_SIZE);
+    double t3 = cfx_now();
+    integrated_gradients_check(r);
+    r->t_explain += cfx_now() - t3;
     return 0;
 }
 
@@ -419,9 +459,10 @@ void viz_run_free(viz_run *r)
     free(r->labels);
     free(r->preds);
     free(r->probs);
-    free(r->saliency);
-    free(r->gradcam);
+    free(r->inputs);
     free(r->gradcam_up);
+    free(r->ig_attr[0]);
+    free(r->ig_attr[1]);
     viz_sanity_free(&r->sanity);
     memset(r, 0, sizeof *r);
 }

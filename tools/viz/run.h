@@ -59,16 +59,19 @@ typedef struct {
     viz_class_metrics per_class[CFX_NUM_CLASSES];
     viz_pair pairs[VIZ_N_PAIRS];
     int n_pairs;
-    float *saliency; /* [n_images][32*32] */
+    float *inputs; /* the chosen images, normalised: [3][n_images][32*32] */
+    viz_attr_opts attr;  /* the attribution methods' settings (flags) */
     int cam_layer, cam_h, cam_w;
-    float *gradcam;                  /* [n_images][cam_h*cam_w] */
-    float *gradcam_up;               /* [n_images][32*32], bilinear */
+    float *gradcam_up; /* [n_images][32*32], Grad-CAM resized bilinearly */
+    float *ig_attr[2]; /* Integrated Gradients, black and blurred baseline: [3][n][32*32] */
+    double ig_check[2][VIZ_MAX_IMAGES][2]; /* sum of attributions, score(x) - score(baseline) */
     float **features; /* per layer, spatial ones only: output for images[0], [C][H][W] */
     char cam_request[CFX_NAME_LEN]; /* --layer: the Grad-CAM layer ("" = default) */
     uint64_t sanity_seed;
-    viz_sanity sanity;
+    viz_sanity sanity; /* step 0 holds every method's maps of the trained model */
 
-    double t_load, t_eval, t_explain, t_sanity; /* seconds */
+    double t_load, t_eval, t_explain, t_sanity; /* seconds: t_explain feature maps and IG
+                                                   check, t_sanity every method at every step */
 } viz_run;
 
 /* Reads run_dir/checkpoints/best.h5 and run_dir/logs/metrics.h5, checks
@@ -84,6 +87,12 @@ int viz_run_choose_images(viz_run *r, const char *list, cfx_error *err);
 int viz_run_compute(viz_run *r, cfx_error *err);
 
 void viz_run_free(viz_run *r);
+
+/* Method k's maps of the trained model: [n_images][r->sanity.size[k]]. */
+static inline const float *viz_run_map(const viz_run *r, viz_method k)
+{
+    return r->sanity.maps[k];
+}
 
 /* Value of a root attribute as text ("" if absent). */
 const char *viz_run_meta(const viz_run *r, const char *name);

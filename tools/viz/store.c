@@ -53,6 +53,45 @@ static void put_attr_i64(status *st, hid_t loc, const char *obj, const char *nam
     check(st, H5LTset_attribute_long_long(loc, obj, name, &v, 1), name);
 }
 
+/* What each method's map in /images is. */
+static const char *const METHOD_DEFINITION[VIZ_N_METHODS] = {
+    "max over channels of |d logit[predicted] / d input|",
+    "ReLU(sum_k alpha_k A_k), alpha_k = spatial mean of d logit[predicted] / d A_k",
+    "Integrated Gradients from the black image (midpoint rule, ig_steps points): sum over "
+    "channels of |attribution|",
+    "Integrated Gradients from the image blurred (Gaussian, blur_sigma pixels): sum over "
+    "channels of |attribution|",
+    "SmoothGrad: max over channels of |mean gradient| over smoothgrad_samples noisy copies, "
+    "noise sigma = smoothgrad_noise x (max - min of the image)",
+    "occlusion: drop of logit[predicted] when an occlusion_patch square (stride "
+    "occlusion_stride) is set to the mean colour, averaged over the squares covering the pixel",
+    "Guided Backpropagation: max over channels of |gradient| with only positive gradients "
+    "passed back through ReLU / GELU",
+    "Guided Grad-CAM: max over channels of |guided gradient x Grad-CAM resized to the input|",
+};
+
+static void put_method_settings(status *st, hid_t g, const viz_attr_opts *o)
+{
+    put_attr_i64(st, g, ".", "ig_steps", o->ig_steps);
+    put_attr_f64(st, g, ".", "blur_sigma", o->blur_sigma);
+    put_attr_f64(st, g, ".", "smoothgrad_noise", o->sg_noise);
+    put_attr_i64(st, g, ".", "smoothgrad_samples", o->sg_samples);
+    put_attr_i64(st, g, ".", "occlusion_patch", o->occ_patch);
+    put_attr_i64(st, g, ".", "occlusion_stride", o->occ_stride);
+    put_attr_i64(st, g, ".", "smoothgrad_seed", (long long)o->seed);
+}
+
+/* [C][n][H*W] (libcfx's layout) as [n][C][H][W] (PyTorch's), malloc'd. */
+static float *to_nchw(const float *x, int n)
+{
+    enum { C = CFX_IMAGE_CHANNELS, HW = CFX_IMAGE_SIZE * CFX_IMAGE_SIZE };
+    float *out = cfx_malloc((size_t)n * C * HW * sizeof(float));
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < n; i++)
+            memcpy(out + ((size_t)i * C + c) * HW, x + ((size_t)c * n + i) * HW, HW * sizeof(float));
+    return out;
+}
+
 static void put_strings(status *st, hid_t loc, const char *name, const char *const *s, int n)
 {
     hid_t t = H5Tcopy(H5T_C_S1);
@@ -144,14 +183,26 @@ int viz_store_analysis(const viz_run *r, const char *path, cfx_error *err)
         put(&st, g, "labels", 1, d1, H5T_NATIVE_INT, r->img_label);
         put(&st, g, "predictions", 1, d1, H5T_NATIVE_INT, r->img_pred);
         put(&st, g, "probability", 1, d1, H5T_NATIVE_FLOAT, r->img_prob);
-        put(&st, g, "saliency", 3, ds, H5T_NATIVE_FLOAT, r->saliency);
-        put(&st, g, "gradcam", 3, dc, H5T_NATIVE_FLOAT, r->gradcam);
+        for (int k = 0; k < VIZ_N_METHODS; k++) {
+            put(&st, g, VIZ_METHOD_KEY[k], 3, k == VIZ_GRADCAM ? dc : ds, H5T_NATIVE_FLOAT,
+                viz_run_map(r, (viz_method)k));
+            put_attr_str(&st, g, VIZ_METHOD_KEY[k], "definition", METHOD_DEFINITION[k]);
+        }
         put_attr_i64(&st, g, "gradcam", "layer", r->cam_layer);
-        put_attr_str(&st, g, "saliency", "definition",
-                     "max over channels of |d logit[predicted] / d input|");
-        put_attr_str(&st, g, "gradcam", "definition",
-                     "ReLU(sum_k alpha_k A_k), alpha_k = spatial mean of d logit[predicted] / "
-                     "d A_k");
+        put_method_settings(&st, g, &r->attr);
+        hsize_t da[4] = {(hsize_t)n, CFX_IMAGE_CHANNELS, CFX_IMAGE_SIZE, CFX_IMAGE_SIZE};
+        hsize_t dk[2] = {(hsize_t)n, 2};
+        for (int b = 0; b < 2; b++) {
+            char name[96];
+            snprintf(name, sizeof name, "%s_attributions", VIZ_METHOD_KEY[VIZ_IG_BLACK + b]);
+            float *a = to_nchw(r->ig_attr[b], n);
+            put(&st, g, name, 4, da, H5T_NATIVE_FLOAT, a);
+            free(a);
+            snprintf(name, sizeof name, "%s_completeness", VIZ_METHOD_KEY[VIZ_IG_BLACK + b]);
+            put(&st, g, name, 2, dk, H5T_NATIVE_DOUBLE, r->ig_check[b]);
+            put_attr_str(&st, g, name, "columns",
+                         "sum of the attributions, score(image) - score(baseline)");
+        }
         H5Gclose(g);
     }
 
@@ -170,10 +221,13 @@ int viz_store_analysis(const viz_run *r, const char *path, cfx_error *err)
         hsize_t dc[4] = {(hsize_t)steps, (hsize_t)n, (hsize_t)r->cam_h, (hsize_t)r->cam_w};
         put(&st, g, "reinitialised_layer", 1, d1, H5T_NATIVE_INT, sa->layer);
         put_strings(&st, g, "step_labels", lp, steps);
-        put(&st, g, "saliency_spearman", 2, d2, H5T_NATIVE_DOUBLE, sa->saliency_rho);
-        put(&st, g, "gradcam_spearman", 2, d2, H5T_NATIVE_DOUBLE, sa->gradcam_rho);
-        put(&st, g, "saliency_maps", 4, dm, H5T_NATIVE_FLOAT, sa->saliency);
-        put(&st, g, "gradcam_maps", 4, dc, H5T_NATIVE_FLOAT, sa->gradcam);
+        for (int k = 0; k < VIZ_N_METHODS; k++) {
+            char name[96];
+            snprintf(name, sizeof name, "%s_spearman", VIZ_METHOD_KEY[k]);
+            put(&st, g, name, 2, d2, H5T_NATIVE_DOUBLE, sa->rho[k]);
+            snprintf(name, sizeof name, "%s_maps", VIZ_METHOD_KEY[k]);
+            put(&st, g, name, 4, k == VIZ_GRADCAM ? dc : dm, H5T_NATIVE_FLOAT, sa->maps[k]);
+        }
         put_attr_i64(&st, g, ".", "seed", (long long)r->sanity_seed);
         put_attr_str(&st, g, ".", "method",
                      "cascading randomisation (Adebayo et al. 2018): step s re-initialises the "
