@@ -587,6 +587,11 @@ static void test_schedules_match_torch(void **state)
     assert_true(fabs(cfx_lr_at(&cfg, 3, 14, 5) - 0.1) < 1e-15);
     assert_true(fabs(cfx_lr_at(&cfg, 4, 14, 5) - 0.1) < 1e-15);
     assert_true(fabs(cfx_lr_at(&cfg, 13, 14, 5)) < 1e-15);
+    /* airbench's warm-up from 0.2 x lr and decay to 0.07 x lr */
+    cfg.warmup_start_factor = 0.2, cfg.final_lr_factor = 0.07;
+    assert_true(fabs(cfx_lr_at(&cfg, 0, 14, 5) - 0.1 * (0.2 + 0.8 / 4)) < 1e-15);
+    assert_true(fabs(cfx_lr_at(&cfg, 3, 14, 5) - 0.1) < 1e-15);
+    assert_true(fabs(cfx_lr_at(&cfg, 13, 14, 5) - 0.007) < 1e-15);
     snprintf(cfg.schedule, sizeof cfg.schedule, "constant");
     assert_true(cfx_lr_at(&cfg, 9, 14, 5) == 0.1);
     fixture_free(&fx);

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "analysis.h"   /* defines: viz_saliency, viz_gradcam, viz_spearman, ... */
+#include "featvis.h"    /* defines: viz_receptive_field, viz_channels, viz_pca_2d */
 #include "cfx/config.h" /* defines: cfx_parse_layers */
 #include "cfx/data.h"   /* defines: cfx_batch_fill, cfx_dataset */
 #include "cfx/rng.h"    /* defines: cfx_rng */
@@ -366,6 +367,166 @@ static void test_occlusion_brute_force(void **state)
     cfx_model_free(&one);
 }
 
+/* ---- what the network learned ----------------------------------------- */
+
+/* The seed network's receptive fields, worked out by hand: conv 3x3 pad 1
+ * (3 px, from -1), max-pool 2 (4 px, stride 2), conv (8 px from -3), pool
+ * (10 px, stride 4), conv (18 px from -7); a global pool sees everything. */
+static void test_receptive_field(void **state)
+{
+    (void)state;
+    cfx_model m;
+    make_model(&m,
+               "conv2d out=2 kernel=3 padding=1; relu; maxpool2d kernel=2; conv2d out=2 kernel=3 "
+               "padding=1; maxpool2d kernel=2; conv2d out=2 kernel=3 padding=1; avgpool; flatten; "
+               "linear out=2",
+               3, 32, 32, 1, 0);
+    viz_field f = viz_receptive_field(&m, 0);
+    assert_true(f.size == 3 && f.jump == 1 && f.offset == -1);
+    f = viz_receptive_field(&m, 2);
+    assert_true(f.size == 4 && f.jump == 2 && f.offset == -1);
+    f = viz_receptive_field(&m, 3);
+    assert_true(f.size == 8 && f.jump == 2 && f.offset == -3);
+    f = viz_receptive_field(&m, 5);
+    assert_true(f.size == 18 && f.jump == 4 && f.offset == -7);
+    f = viz_receptive_field(&m, 6);
+    assert_true(f.size == 32 && f.offset == 0);
+    cfx_model_free(&m);
+}
+
+/* The top images per channel, gathered chunk by chunk as during the test
+ * pass, equal a brute-force ranking of the whole set; the features are the
+ * head's input. */
+static void test_channel_top_images(void **state)
+{
+    (void)state;
+    enum { N = 40, CHUNK = 16, HW = 64 };
+    cfx_model m;
+    make_model(&m, "conv2d out=3 kernel=3 padding=1; relu; maxpool2d kernel=2; flatten; linear out=4",
+               3, 8, 8, CHUNK, 0);
+    cfx_model_init_params(&m, 13);
+    static float x[3 * N * HW], chunk_x[3 * CHUNK * HW];
+    random_images(x, sizeof x / sizeof x[0], 3);
+    int layers[1] = {0};
+    viz_channels ch;
+    cfx_error err;
+    assert_int_equal(viz_channels_init(&ch, &m, layers, 1, 1, N, &err), 0);
+    assert_int_equal(ch.F, 3 * 16);
+    static float value[3][N]; /* brute force: the max of channel c over image i */
+    static int pos[3][N];
+    static float feat[N][48];
+    for (int start = 0; start < N; start += CHUNK) {
+        int count = N - start < CHUNK ? N - start : CHUNK;
+        for (int c = 0; c < 3; c++)
+            memcpy(chunk_x + (size_t)c * count * HW, x + ((size_t)c * N + start) * HW,
+                   (size_t)count * HW * sizeof(float));
+        memcpy(m.acts[0], chunk_x, (size_t)3 * count * HW * sizeof(float));
+        cfx_model_forward(&m, count);
+        viz_channels_observe(&ch, &m, start, count);
+        for (int c = 0; c < 3; c++)
+            for (int i = 0; i < count; i++) {
+                const float *a = m.acts[1] + ((size_t)c * count + i) * HW;
+                int arg = 0;
+                for (int p = 1; p < HW; p++)
+                    arg = a[p] > a[arg] ? p : arg;
+                value[c][start + i] = a[arg], pos[c][start + i] = arg;
+            }
+        memcpy(feat[start], m.acts[4], (size_t)count * 48 * sizeof(float)); /* flatten's */
+    }
+    for (int c = 0; c < 3; c++) {
+        int used[N] = {0};
+        for (int k = 0; k < VIZ_TOP; k++) {
+            int best = -1;
+            for (int i = 0; i < N; i++)
+                if (!used[i] && (best < 0 || value[c][i] > value[c][best]))
+                    best = i;
+            used[best] = 1;
+            assert_int_equal(ch.top[0].image[c * VIZ_TOP + k], best);
+            assert_true(ch.top[0].value[c * VIZ_TOP + k] == value[c][best]);
+            assert_int_equal(ch.top[0].pos[c * VIZ_TOP + k], pos[c][best]);
+        }
+    }
+    assert_memory_equal(ch.features, feat, sizeof feat);
+    viz_channels_free(&ch);
+    cfx_model_free(&m);
+}
+
+/* Points spread 3 along u and 1 along v (orthonormal in 5-D) plus tiny
+ * noise: PCA finds u then v, the projections are the coordinates up to
+ * sign, and the variance shares are 9/10 and 1/10. */
+static void test_pca_2d(void **state)
+{
+    (void)state;
+    enum { N = 400, F = 5 };
+    const double u[F] = {0.6, 0.8, 0, 0, 0}, v[F] = {0, 0, 0, 0.6, -0.8};
+    static float data[N * F], coords[N * 2];
+    static double a[N], b[N];
+    cfx_rng rng;
+    cfx_rng_seed(&rng, 17);
+    for (int i = 0; i < N; i++) {
+        a[i] = 3.0 * (2.0 * cfx_rng_double(&rng) - 1.0) * sqrt(3.0);
+        b[i] = (2.0 * cfx_rng_double(&rng) - 1.0) * sqrt(3.0);
+    }
+    double ma = 0, mb = 0, ab = 0, aa = 0;
+    for (int i = 0; i < N; i++)
+        ma += a[i] / N, mb += b[i] / N;
+    for (int i = 0; i < N; i++) /* b uncorrelated with a in the sample, exactly */
+        ab += (a[i] - ma) * (b[i] - mb), aa += (a[i] - ma) * (a[i] - ma);
+    for (int i = 0; i < N; i++)
+        b[i] -= ab / aa * (a[i] - ma);
+    for (int i = 0; i < N; i++)
+        for (int f = 0; f < F; f++)
+            data[i * F + f] = (float)(a[i] * u[f] + b[i] * v[f] + 1e-4 * (cfx_rng_double(&rng) - 0.5) + 2.0);
+    double explained[2];
+    cfx_error err;
+    assert_int_equal(viz_pca_2d(data, N, F, coords, explained, &err), 0);
+    double sa = 0, sb = 0;
+    for (int i = 0; i < N; i++) {
+        sa += (a[i] - ma) * coords[2 * i];
+        sb += (b[i] - mb) * coords[2 * i + 1];
+    }
+    for (int i = 0; i < N; i++) {
+        assert_float_equal(coords[2 * i], (sa > 0 ? 1 : -1) * (a[i] - ma), 1e-3);
+        assert_float_equal(coords[2 * i + 1], (sb > 0 ? 1 : -1) * (b[i] - mb), 1e-3);
+    }
+    double va = 0, vb = 0;
+    for (int i = 0; i < N; i++)
+        va += (a[i] - ma) * (a[i] - ma), vb += (b[i] - mb) * (b[i] - mb);
+    assert_float_equal(explained[0], va / (va + vb), 1e-4);
+    assert_float_equal(explained[1], vb / (va + vb), 1e-4);
+    assert_int_equal(viz_pca_2d(data, 2, F, coords, explained, &err), -1);
+}
+
+/* Activation maximisation raises every class logit well above where it
+ * starts, stays within the pixel range and is the same for the same seed. */
+static void test_activation_maximisation(void **state)
+{
+    (void)state;
+    enum { N = 3, LEN = 3 * N * 64 };
+    cfx_model m;
+    make_explained_model(&m, N);
+    static float x[LEN], again[LEN];
+    int classes[N] = {0, 1, 2};
+    double before[N], after[N];
+    viz_activation_maximisation(&m, N, classes, 0, 4, x); /* no steps: the starting noise */
+    viz_class_scores(&m, N, classes, x, before);
+    viz_activation_maximisation(&m, N, classes, 40, 4, x);
+    viz_class_scores(&m, N, classes, x, after);
+    for (int i = 0; i < N; i++) {
+        printf("activation maximisation, class %d: logit %.3f -> %.3f\n", i, before[i], after[i]);
+        assert_true(after[i] > before[i] + 0.5);
+    }
+    for (int c = 0; c < 3; c++)
+        for (int j = 0; j < N * 64; j++) {
+            float v = x[c * N * 64 + j];
+            assert_true(v >= -CFX_CIFAR10_MEAN[c] / CFX_CIFAR10_STD[c] - 1e-6f);
+            assert_true(v <= (1.0f - CFX_CIFAR10_MEAN[c]) / CFX_CIFAR10_STD[c] + 1e-6f);
+        }
+    viz_activation_maximisation(&m, N, classes, 40, 4, again);
+    assert_memory_equal(x, again, sizeof x);
+    cfx_model_free(&m);
+}
+
 /* ---- sanity check ----------------------------------------------------- */
 
 static void test_sanity_randomisation(void **state)
@@ -554,6 +715,10 @@ int main(void)
         cmocka_unit_test(test_blur),
         cmocka_unit_test(test_smoothgrad),
         cmocka_unit_test(test_occlusion_brute_force),
+        cmocka_unit_test(test_receptive_field),
+        cmocka_unit_test(test_channel_top_images),
+        cmocka_unit_test(test_pca_2d),
+        cmocka_unit_test(test_activation_maximisation),
         cmocka_unit_test(test_sanity_randomisation),
         cmocka_unit_test(test_copy_layer_params),
         cmocka_unit_test(test_resize_bilinear),

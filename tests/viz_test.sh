@@ -53,6 +53,11 @@ expected_pngs=(
     "plots/guided_backprop.png 975 626"
     "plots/guided_gradcam.png 1153 626"
     "plots/sanity_randomization.png 760 1170"
+    "plots/channels_0.png 640 668"
+    "plots/channels_3.png 774 952"
+    "plots/channels_6.png 1026 1236"
+    "plots/activation_maximization.png 752 422"
+    "plots/embedding.png 900 640"
     "featuremaps/layer_00_Conv2d.png 600 282"
     "featuremaps/layer_01_ReLU.png 600 282"
     "featuremaps/layer_02_MaxPool2d.png 600 282"
@@ -79,7 +84,7 @@ run)
     echo "cfx-train --eval: test accuracy $acc on $n images"
 
     "$viz" --run "$run" --images 0,1,2 | tee "$work/viz.out"
-    grep -Eq "^cfx-viz: 24 figures, .* in [0-9.]+ s \(" "$work/viz.out" ||
+    grep -Eq "^cfx-viz: 29 figures, .* in [0-9.]+ s \(" "$work/viz.out" ||
         fail "cfx-viz did not print its figure count and timing"
     grep -q "^sanity check: Spearman" "$work/viz.out" || fail "no sanity-check correlations printed"
 
@@ -102,7 +107,8 @@ run)
         /images/saliency /images/gradcam /images/integrated_gradients /images/smoothgrad \
         /images/occlusion /images/guided_backprop /images/guided_gradcam \
         /images/integrated_gradients_attributions /images/integrated_gradients_completeness \
-        /sanity/occlusion_spearman /sanity/guided_gradcam_maps; do
+        /sanity/occlusion_spearman /sanity/guided_gradcam_maps /channels/0/top_images \
+        /channels/6/top_values /embedding/pca; do
         h5dump -H -d "$d" "$run/analysis.h5" > /dev/null || fail "analysis.h5 has no $d"
     done
     echo "ok: cfx-viz wrote every file"
@@ -113,8 +119,9 @@ residual)
     rm -rf "$out"
     train_run "$out"
     "$viz" --run "$out" --images 0,1,2 | tee "$work/viz-resnet.out"
-    # 15 plots + the 20 layers with spatial outputs (conv1 ... the global average pool)
-    grep -Eq "^cfx-viz: 35 figures," "$work/viz-resnet.out" || fail "cfx-viz figure count"
+    # 15 plots, 6 channel grids (one per conv2d), activation maximisation, the
+    # embedding and the 20 layers with spatial outputs (conv1 ... the global average pool)
+    grep -Eq "^cfx-viz: 43 figures," "$work/viz-resnet.out" || fail "cfx-viz figure count"
     for f in featuremaps/layer_08_Add.png featuremaps/layer_16_BatchNorm2d.png \
         featuremaps/layer_19_AdaptiveAvgPool2d.png plots/gradcam.png; do
         "$check" png-min "$out/$f" 400 150 || fail "$out/$f"
@@ -163,15 +170,15 @@ report)
     dom=$(chrome --dump-dom "file://$out/probe.html") || fail "chromium --dump-dom failed"
     result=$(grep -o '<p id="probe">[^<]*</p>' <<< "$dom" || true)
     echo "report.html: $result"
-    [ "$result" = '<p id="probe">images=24 broken=0</p>' ] ||
-        fail "report.html: expected 24 images that all load, got '$result'"
+    [ "$result" = '<p id="probe">images=29 broken=0</p>' ] ||
+        fail "report.html: expected 29 images that all load, got '$result'"
     # the probe itself notices a broken image
     sed 's#src="data:image/png;base64,[^"]*"#src="data:image/png;base64,AAAA"#' "$out/probe.html" \
         > "$out/broken.html"
     dom=$(chrome --dump-dom "file://$out/broken.html") || fail "chromium --dump-dom failed"
-    grep -q '<p id="probe">images=24 broken=24</p>' <<< "$dom" ||
+    grep -q '<p id="probe">images=29 broken=29</p>' <<< "$dom" ||
         fail "the probe did not notice broken images"
-    echo "ok: report.html renders and its 24 images load"
+    echo "ok: report.html renders and its 29 images load"
     ;;
 
 errors)
@@ -235,11 +242,11 @@ errors)
         d=$(copy "format-$fmt")
         "$viz" --quiet --run "$d" --data "$data" --format "$fmt" || fail "--format $fmt"
         n=$(find "$d/plots" "$d/featuremaps" -name "*.$fmt" | wc -l)
-        [ "$n" -eq 24 ] || fail "--format $fmt: $n .$fmt files, expected 24"
+        [ "$n" -eq 29 ] || fail "--format $fmt: $n .$fmt files, expected 29"
         head -c 5 "$d/plots/confusion_matrix.$fmt" | grep -Eq '^(<\?xml|<svg|%PDF-)' ||
             fail "--format $fmt: plots/confusion_matrix.$fmt is not $fmt"
         [ -s "$d/report.html" ] || fail "--format $fmt: no report.html"
-        echo "ok: --format $fmt wrote 24 .$fmt figures"
+        echo "ok: --format $fmt wrote 29 .$fmt figures"
     done
     ;;
 

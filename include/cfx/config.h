@@ -41,6 +41,7 @@ typedef struct {
     int decoupled_weight_decay; /* AdamW-style: params shrink by lr x weight_decay */
     char schedule[16];      /* constant | linear | cosine | step | onecycle */
     long warmup_steps;      /* linear warm-up (onecycle: the rising phase) */
+    double warmup_start_factor; /* the warm-up rises from this fraction of lr */
     double final_lr_factor; /* linear, cosine: the last step's lr / optim.lr */
     double step_epochs;     /* step: decay every this many epochs ... */
     double step_gamma;      /* ... by this factor */

@@ -48,6 +48,11 @@ void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, 
 /* Images per chunk for a convolution over N images (at least 1). */
 int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW);
 
+/* Eigenvalues (ascending, into eigval[n]) and eigenvectors of the symmetric
+ * a[n][n], whose upper triangle (row-major) is read; afterwards row j of a
+ * is the eigenvector of eigval[j]. LAPACK dsyev; returns its info (0 = ok). */
+int cfx_eigen_symmetric(double *a, int n, double *eigval);
+
 /* Whitening init (conv2d whiten=true, src/nn/whiten.c): weight[OC][C][K][K]
  * from the K x K patches of images[C][N][H][W]: filter f < D = C K K is the
  * eigenvector of the patch covariance with the f-th largest eigenvalue l,

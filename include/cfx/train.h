@@ -47,6 +47,13 @@ void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n
 void cfx_evaluate_views(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
                         const cfx_view *views, int n_views, cfx_eval_result *result,
                         int *predictions, float *probs);
+/* cfx_evaluate that also calls observe(ctx, m, start, count) after the
+ * forward pass of images [start, start + count): the model's activations
+ * then hold theirs (cfx-viz's channel statistics and embedding). */
+typedef void (*cfx_eval_observer)(void *ctx, const cfx_model *m, int start, int count);
+void cfx_evaluate_observed(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
+                           cfx_eval_result *result, int *predictions, float *probs,
+                           cfx_eval_observer observe, void *ctx);
 
 typedef struct {
     int quiet;               /* rank 0 prints nothing but errors */

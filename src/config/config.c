@@ -90,6 +90,9 @@ static const key_def KEYS[] = {
     {"optim", "warmup_steps", KEY_LONG, FIELD(warmup_steps), 0, 1e9, NULL, "0",
      "steps of linear warm-up from lr / warmup_steps to lr before the schedule (onecycle: "
      "the rising phase, default 30 % of the run)"},
+    {"optim", "warmup_start_factor", KEY_DOUBLE, FIELD(warmup_start_factor), 0, 1, NULL, "0",
+     "where the warm-up starts, as a fraction of lr: step k of w has lr x (s + (1 - s) (k + 1) "
+     "/ w) (airbench: 0.2)"},
     {"optim", "final_lr_factor", KEY_DOUBLE, FIELD(final_lr_factor), 0, 1, NULL, "0",
      "linear and cosine: the learning rate of the last step, as a fraction of optim.lr"},
     {"optim", "step_epochs", KEY_DOUBLE, FIELD(step_epochs), 1e-9, 1e9, NULL, "30",

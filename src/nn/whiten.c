@@ -14,6 +14,18 @@
 extern void dsyev_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda,
                    double *w, double *work, const int *lwork, int *info);
 
+int cfx_eigen_symmetric(double *a, int n, double *eigval)
+{
+    double query;
+    int info = 0, lwork = -1;
+    dsyev_("V", "L", &n, a, &n, eigval, &query, &lwork, &info);
+    lwork = info == 0 ? (int)query : 3 * n;
+    double *work = cfx_malloc((size_t)lwork * sizeof *work);
+    dsyev_("V", "L", &n, a, &n, eigval, work, &lwork, &info);
+    free(work);
+    return info;
+}
+
 /* cov[D][D] += the patches of one image plane set img[C][H][W] (stride
  * between channels plane_stride), D = C K K, patch vectors in [c][kh][kw]
  * order; rows is scratch for (H-K+1)(W-K+1) x D doubles. */
@@ -51,13 +63,8 @@ int cfx_whiten_weights(float *weight, int OC, const float *images, int N, int C,
     for (int i = 0; i < D; i++) /* the upper triangle, row-major = lower column-major */
         for (int j = i; j < D; j++)
             cov[(size_t)i * D + j] /= n_patches;
-    double *eigval = cfx_malloc((size_t)D * sizeof *eigval), query;
-    int info = 0, lwork = -1;
-    dsyev_("V", "L", &D, cov, &D, eigval, &query, &lwork, &info);
-    lwork = info == 0 ? (int)query : 3 * D;
-    double *work = cfx_malloc((size_t)lwork * sizeof *work);
-    dsyev_("V", "L", &D, cov, &D, eigval, work, &lwork, &info);
-    free(work);
+    double *eigval = cfx_malloc((size_t)D * sizeof *eigval);
+    int info = cfx_eigen_symmetric(cov, D, eigval);
     if (info != 0) {
         free(cov), free(eigval);
         return cfx_fail(err, "whiten=true: the patch covariance has no eigendecomposition "

@@ -181,8 +181,10 @@ double cfx_lr_at(const cfx_config *cfg, long step, long total_steps, int steps_p
     if (!strcmp(s, "onecycle"))
         return one_cycle(cfg, step, total_steps);
     long w = cfg->warmup_steps;
-    if (step < w)
-        return lr * (double)(step + 1) / (double)w;
+    if (step < w) {
+        const double s = cfg->warmup_start_factor;
+        return lr * (s + (1.0 - s) * (double)(step + 1) / (double)w);
+    }
     long k = step - w, span = total_steps - w - 1; /* steps after the warm-up, to the last */
     double pct = span > 0 ? (double)(k < span ? k : span) / (double)span : 1.0;
     if (!strcmp(s, "linear"))

@@ -35,9 +35,9 @@ static void view_logits(cfx_model *m, const cfx_dataset *ds, const int *indices,
             mean[j] /= (float)n_views;
 }
 
-void cfx_evaluate_views(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
-                        const cfx_view *views, int n_views, cfx_eval_result *result,
-                        int *predictions, float *probs)
+static void evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
+                     const cfx_view *views, int n_views, cfx_eval_result *result,
+                     int *predictions, float *probs, cfx_eval_observer observe, void *ctx)
 {
     const int K = m->n_classes;
     int *labels = cfx_malloc((size_t)m->max_batch * sizeof *labels);
@@ -49,6 +49,8 @@ void cfx_evaluate_views(cfx_model *m, const cfx_dataset *ds, const int *indices,
     for (int start = 0; start < n; start += m->max_batch) {
         int count = n - start < m->max_batch ? n - start : m->max_batch;
         view_logits(m, ds, indices + start, count, views, n_views, labels, logits);
+        if (observe)
+            observe(ctx, m, start, count);
         cfx_softmax_xent(logits, labels, count, K, 1.0f, NULL, &loss, &correct);
         for (int i = 0; i < count; i++) {
             const float *z = logits + (size_t)i * K;
@@ -70,9 +72,24 @@ void cfx_evaluate_views(cfx_model *m, const cfx_dataset *ds, const int *indices,
     result->accuracy = n ? (double)correct / n : 0.0;
 }
 
+void cfx_evaluate_views(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
+                        const cfx_view *views, int n_views, cfx_eval_result *result,
+                        int *predictions, float *probs)
+{
+    evaluate(m, ds, indices, n, views, n_views, result, predictions, probs, NULL, NULL);
+}
+
 void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
                   cfx_eval_result *result, int *predictions, float *probs)
 {
     const cfx_view identity = {0, 0, 0, 0};
-    cfx_evaluate_views(m, ds, indices, n, &identity, 1, result, predictions, probs);
+    evaluate(m, ds, indices, n, &identity, 1, result, predictions, probs, NULL, NULL);
+}
+
+void cfx_evaluate_observed(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
+                           cfx_eval_result *result, int *predictions, float *probs,
+                           cfx_eval_observer observe, void *ctx)
+{
+    const cfx_view identity = {0, 0, 0, 0};
+    evaluate(m, ds, indices, n, &identity, 1, result, predictions, probs, observe, ctx);
 }

@@ -38,6 +38,7 @@ typedef struct {
     int occ_patch;       /* --occlusion-patch: side of the grey square, pixels */
     int occ_stride;      /* --occlusion-stride */
     uint64_t seed;       /* SmoothGrad's noise */
+    int actmax_steps;    /* --actmax-steps: activation maximisation (featvis.h) */
 } viz_attr_opts;
 
 void viz_attr_defaults(viz_attr_opts *o);

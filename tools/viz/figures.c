@@ -66,7 +66,7 @@ void viz_out_free(viz_out *o)
 
 /* Bold title and optional grey subtitle centred in [x, x + w) from y down;
  * returns the height used. */
-static double title_block(viz_fig *f, double cx, double y, const char *title, const char *subtitle,
+double viz_title_block(viz_fig *f, double cx, double y, const char *title, const char *subtitle,
                           int sub_flags)
 {
     double h, used = 0.0;
@@ -230,7 +230,7 @@ int viz_fig_confusion(viz_out *o, const viz_run *r, cfx_error *err)
     double bottom = 8.0 + rot + 8.0 + label_h + 12.0;
     double width = left + grid + 24.0 + 18.0 + cb_extra + 14.0;
     viz_fig_init(&f, width, top + grid + bottom);
-    title_block(&f, left + grid / 2, 12.0, title, sub, 0);
+    viz_title_block(&f, left + grid / 2, 12.0, title, sub, 0);
     for (int t = 0; t < K; t++) {
         long row = 0;
         for (int p = 0; p < K; p++)
@@ -321,7 +321,7 @@ int viz_fig_misclassified(viz_out *o, const viz_run *r, cfx_error *err)
     snprintf(title, sizeof title, "Misclassified test images");
     snprintf(sub, sizeof sub,
              "the %d most confident of %ld errors; probability of the predicted class", n, errors);
-    title_block(&f, f.width / 2, 12.0, title, sub, 0);
+    viz_title_block(&f, f.width / 2, 12.0, title, sub, 0);
     for (int j = 0; j < n; j++) {
         int i = idx[j];
         uint8_t rgb[CFX_IMAGE_PIXELS];
@@ -436,7 +436,7 @@ int viz_fig_conv1_filters(viz_out *o, const viz_run *r, cfx_error *err)
     snprintf(sub, sizeof sub,
              "channels shown as RGB; weights scaled jointly: %s%.2f black, %s%.2f white",
              lo < 0 ? "−" : "", fabs(lo), hi < 0 ? "−" : "", fabs(hi));
-    title_block(&f, f.width / 2, 12.0, title, sub, 0);
+    viz_title_block(&f, f.width / 2, 12.0, title, sub, 0);
     double x0 = (f.width - cols * (tile + gap) + gap) / 2;
     uint8_t *rgb = cfx_malloc((size_t)KK * KK * 3);
     for (int oc = 0; oc < OC; oc++) {
@@ -506,7 +506,7 @@ static int method_rows(viz_out *o, const viz_run *r, const method_figure *mf, cf
     viz_fig_free(&f);
     double width = left + cols * (tile + gap) + 18.0 + cb_extra + 16.0;
     viz_fig_init(&f, width, head + r->n_images * row_h + 8.0);
-    title_block(&f, width / 2, 10.0, mf->title, mf->subtitle, mf->markup ? VIZ_MARKUP : 0);
+    viz_title_block(&f, width / 2, 10.0, mf->title, mf->subtitle, mf->markup ? VIZ_MARKUP : 0);
     for (int c = 0; c < cols; c++) {
         char h[80] = "image";
         if (c > 0 && c <= mf->n_methods)
@@ -733,7 +733,7 @@ int viz_fig_confusion_pairs(viz_out *o, const viz_run *r, cfx_error *err)
     viz_fig f;
     viz_fig_init(&f, left + EX * tile_w + 16.0, 74.0 + rows * row_h);
     const char *title = "The most confused class pairs";
-    title_block(&f, f.width / 2, 12.0, title,
+    viz_title_block(&f, f.width / 2, 12.0, title,
                 "errors in both directions; examples: the most confident errors of each "
                 "direction",
                 0);
@@ -865,7 +865,7 @@ int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
     viz_fig f;
     viz_fig_init(&f, width, head + grid_h + 16.0 + chart_h);
     const char *title = "Sanity check: cascading model randomisation";
-    title_block(&f, width / 2, 10.0, title,
+    viz_title_block(&f, width / 2, 10.0, title,
                 "parameter layers re-initialised from the output down, one more per column;\n"
                 "ρ: Spearman rank correlation with the trained model's map",
                 0);

@@ -12,6 +12,7 @@ enum {
     VIZ_SEC_TEST,
     VIZ_SEC_EXPLAIN,
     VIZ_SEC_SANITY,
+    VIZ_SEC_CHANNELS,
     VIZ_SEC_FEATURES,
     VIZ_N_SECTIONS
 };
@@ -27,7 +28,7 @@ typedef struct {
     const char *mime;
 } viz_item;
 
-#define VIZ_MAX_ITEMS 64
+#define VIZ_MAX_ITEMS 192 /* a ResNet-18: 15 plots, 21 channel grids, ~70 feature maps */
 
 typedef struct {
     const char *dir; /* the run directory */
@@ -54,6 +55,14 @@ int viz_fig_smoothgrad(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_occlusion(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_guided_backprop(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_guided_gradcam(viz_out *o, const viz_run *r, cfx_error *err);
+/* A bold title centred at cx and an optional grey subtitle under it; returns the height used. */
+double viz_title_block(viz_fig *f, double cx, double y, const char *title, const char *subtitle,
+                       int sub_flags);
+
+/* featfigs.c: what the network learned */
+int viz_fig_channels(viz_out *o, const viz_run *r, cfx_error *err);
+int viz_fig_activation_maximization(viz_out *o, const viz_run *r, cfx_error *err);
+int viz_fig_embedding(viz_out *o, const viz_run *r, cfx_error *err);
 /* Also writes per_class.csv. */
 int viz_fig_per_class(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_confusion_pairs(viz_out *o, const viz_run *r, cfx_error *err);

@@ -29,6 +29,7 @@ static void usage(FILE *out)
             "               [--format png|svg|pdf] [--quiet] [--ig-steps N]\n"
             "               [--smoothgrad-noise F] [--smoothgrad-samples N]\n"
             "               [--occlusion-patch N] [--occlusion-stride N]\n"
+            "               [--layers LIST] [--channel-stat mean|max] [--actmax-steps N]\n"
             "\n"
             "Draws every figure of a cfx-train run from OUTPUT_DIR/checkpoints/best.h5 and\n"
             "OUTPUT_DIR/logs/metrics.h5 and writes them under OUTPUT_DIR: plots/, featuremaps/,\n"
@@ -48,6 +49,10 @@ static void usage(FILE *out)
             "  --smoothgrad-samples N  SmoothGrad: noisy copies (default 16)\n"
             "  --occlusion-patch N     occlusion: side of the square, pixels (default 8)\n"
             "  --occlusion-stride N    occlusion: step between squares (default 4)\n"
+            "  --layers LIST      layers whose channels get their top-9 test images, by name\n"
+            "                     or index (default: every conv2d)\n"
+            "  --channel-stat S   rank a channel's images by its mean (default) or max activation\n"
+            "  --actmax-steps N   activation maximisation: gradient steps (default 128)\n"
             "  --quiet            print only errors\n"
             "  --version, --help\n"
             "\n"
@@ -93,7 +98,7 @@ static int attribution_flag(int argc, char **argv, int *i, viz_attr_opts *o)
         int integer;
     } flags[] = {{"--ig-steps", 1, 4096, 1},         {"--smoothgrad-noise", 0, 10, 0},
                  {"--smoothgrad-samples", 1, 4096, 1}, {"--occlusion-patch", 1, 32, 1},
-                 {"--occlusion-stride", 1, 32, 1}};
+                 {"--occlusion-stride", 1, 32, 1},    {"--actmax-steps", 1, 10000, 1}};
     for (int k = 0; k < (int)(sizeof flags / sizeof flags[0]); k++) {
         if (strcmp(argv[*i], flags[k].flag) != 0)
             continue;
@@ -112,8 +117,10 @@ static int attribution_flag(int argc, char **argv, int *i, viz_attr_opts *o)
             o->sg_samples = (int)v;
         else if (k == 3)
             o->occ_patch = (int)v;
-        else
+        else if (k == 4)
             o->occ_stride = (int)v;
+        else
+            o->actmax_steps = (int)v;
         return 1;
     }
     return 0;
@@ -154,6 +161,8 @@ int main(int argc, char **argv)
 {
     cfx_blas_select_kernels(argv); /* may re-execute this program */
     const char *run_dir = NULL, *data_dir = NULL, *images = NULL, *cam_layer = NULL;
+    const char *channel_layers = NULL;
+    int channel_max = 0;
     viz_format fmt = VIZ_PNG;
     int quiet = 0;
     viz_attr_opts attr;
@@ -179,6 +188,15 @@ int main(int argc, char **argv)
             images = argv[++i];
         } else if (!strcmp(a, "--layer") && i + 1 < argc) {
             cam_layer = argv[++i];
+        } else if (!strcmp(a, "--layers") && i + 1 < argc) {
+            channel_layers = argv[++i];
+        } else if (!strcmp(a, "--channel-stat") && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (strcmp(v, "mean") != 0 && strcmp(v, "max") != 0) {
+                fprintf(stderr, "cfx-viz: --channel-stat: '%s' is not mean or max\n", v);
+                return CFX_EXIT_USAGE;
+            }
+            channel_max = !strcmp(v, "max");
         } else if (!strcmp(a, "--format") && i + 1 < argc) {
             const char *f = argv[++i];
             if (!strcmp(f, "png"))
@@ -218,6 +236,10 @@ int main(int argc, char **argv)
     if (cam_layer)
         snprintf(r.cam_request, sizeof r.cam_request, "%s", cam_layer);
     r.attr = attr;
+    r.actmax_steps = attr.actmax_steps;
+    r.channel_max = channel_max;
+    if (channel_layers)
+        snprintf(r.layers_request, sizeof r.layers_request, "%s", channel_layers);
     if (viz_run_choose_images(&r, images, &err) != 0) {
         code = CFX_EXIT_USAGE;
         goto fail;
@@ -250,7 +272,8 @@ int main(int argc, char **argv)
         viz_fig_loss_curves,   viz_fig_accuracies,      viz_fig_confusion,     viz_fig_per_class,
         viz_fig_misclassified, viz_fig_confusion_pairs, viz_fig_conv1_filters, viz_fig_saliency,
         viz_fig_gradcam,       viz_fig_integrated_gradients, viz_fig_smoothgrad, viz_fig_occlusion,
-        viz_fig_guided_backprop, viz_fig_guided_gradcam, viz_fig_sanity, viz_fig_featuremaps,
+        viz_fig_guided_backprop, viz_fig_guided_gradcam, viz_fig_sanity, viz_fig_channels,
+        viz_fig_activation_maximization, viz_fig_embedding, viz_fig_featuremaps,
     };
     for (size_t i = 0; i < sizeof figures / sizeof figures[0]; i++)
         if (figures[i](&out, &r, &err) != 0)
@@ -268,11 +291,12 @@ int main(int argc, char **argv)
     t_files = cfx_now() - t_files;
     if (!quiet)
         printf("cfx-viz: %d figures, per_class.csv, analysis.h5 and report.html in %s/ in %.2f s "
-               "(load %.2f, test set %.2f, feature maps and IG check %.2f, %d methods at %d "
-               "sanity steps %.2f, "
+               "(load %.2f, test set and channel statistics %.2f, feature maps and IG check "
+               "%.2f, %d methods at %d sanity steps %.2f, PCA %.2f, activation maximisation "
+               "%.2f, "
                "drawing %.2f, analysis.h5 + report %.2f)\n",
                out.n, r.run_dir, cfx_now() - t0, r.t_load, r.t_eval, r.t_explain, VIZ_N_METHODS,
-               r.sanity.n_steps, r.t_sanity,
+               r.sanity.n_steps, r.t_sanity, r.t_embedding, r.t_actmax,
                t_draw, t_files);
     code = CFX_EXIT_OK;
 fail:

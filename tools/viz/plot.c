@@ -548,6 +548,26 @@ void viz_axes_marker(viz_axes *ax, double x, double y, int marker, double size, 
     cairo_restore(cr);
 }
 
+void viz_axes_dots(viz_axes *ax, const float *xy, int n, double radius, viz_color c, double alpha,
+                   int ring)
+{
+    cairo_t *cr = ax->fig->cr;
+    cairo_save(cr);
+    clip_to(ax);
+    cairo_set_source_rgba(cr, c.r, c.g, c.b, alpha);
+    cairo_set_line_width(cr, 0.9);
+    for (int i = 0; i < n; i++) {
+        cairo_new_sub_path(cr);
+        cairo_arc(cr, viz_axes_px(ax, xy[2 * i]), viz_axes_py(ax, xy[2 * i + 1]), radius, 0,
+                  2 * M_PI);
+    }
+    if (ring)
+        cairo_stroke(cr);
+    else
+        cairo_fill(cr);
+    cairo_restore(cr);
+}
+
 void viz_axes_bar(viz_axes *ax, double x, double width, double y, viz_color c)
 {
     cairo_t *cr = ax->fig->cr;

@@ -128,6 +128,11 @@ void viz_axes_hline(viz_axes *ax, double y, viz_color c, double width, int dash)
 void viz_axes_marker(viz_axes *ax, double x, double y, int marker, double size, viz_color c);
 /* Vertical bar centred at x, from 0 to y. */
 void viz_axes_bar(viz_axes *ax, double x, double width, double y, viz_color c);
+/* n points xy[n][2] (data units) as dots of the given radius (pixels) and
+ * opacity, filled or (ring) outlined, without marker edges: for scatters of
+ * thousands of points. */
+void viz_axes_dots(viz_axes *ax, const float *xy, int n, double radius, viz_color c, double alpha,
+                   int ring);
 
 typedef struct {
     const char *label;

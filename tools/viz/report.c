@@ -196,6 +196,9 @@ int viz_write_report(const viz_run *r, const viz_out *o, const char *path, doubl
     fprintf(fp, "</table>\n<p>Mean over the %d images; re-initialisation seed %llu.</p>\n",
             sa->n_images, (unsigned long long)r->sanity_seed);
 
+    fputs("<h2 id=\"channels\">What the channels respond to</h2>\n", fp);
+    section(fp, o, VIZ_SEC_CHANNELS);
+
     fputs("<h2 id=\"features\">Feature maps</h2>\n", fp);
     section(fp, o, VIZ_SEC_FEATURES);
 

@@ -9,6 +9,7 @@
 #include "cfx/checkpoint.h" /* defines: cfx_train_state, cfx_epoch_metrics */
 #include "cfx/data.h"       /* defines: cfx_dataset, CFX_NUM_CLASSES, CFX_IMAGE_PIXELS */
 #include "cfx/nn.h"         /* defines: cfx_model */
+#include "featvis.h"       /* defines: viz_channels */
 
 #define VIZ_MAX_IMAGES 8
 #define VIZ_DEFAULT_IMAGES 4
@@ -69,9 +70,19 @@ typedef struct {
     char cam_request[CFX_NAME_LEN]; /* --layer: the Grad-CAM layer ("" = default) */
     uint64_t sanity_seed;
     viz_sanity sanity; /* step 0 holds every method's maps of the trained model */
+    char layers_request[1024]; /* --layers ("" = every conv2d) */
+    int channel_max;           /* --channel-stat max (else mean) */
+    viz_channels channels;     /* top images per channel, penultimate features */
+    float *embedding;          /* [n_test][2]: PCA of the penultimate features */
+    double explained[2];       /* variance share of the two components */
+    int actmax_steps;          /* --actmax-steps */
+    float *actmax;             /* [3][10][32*32]: an input per class, normalised */
 
-    double t_load, t_eval, t_explain, t_sanity; /* seconds: t_explain feature maps and IG
-                                                   check, t_sanity every method at every step */
+    double t_load, t_eval, t_explain, t_sanity; /* seconds: t_eval includes the channel
+                                                   statistics, t_explain the feature maps and
+                                                   IG check, t_sanity every method at every
+                                                   step */
+    double t_embedding, t_actmax;
 } viz_run;
 
 /* Reads run_dir/checkpoints/best.h5 and run_dir/logs/metrics.h5, checks

@@ -206,6 +206,50 @@ int viz_store_analysis(const viz_run *r, const char *path, cfx_error *err)
         H5Gclose(g);
     }
 
+    /* what the channels respond to, the embedding, activation maximisation */
+    g = group(&st, f, "channels");
+    for (int k = 0; g >= 0 && k < r->channels.n_layers; k++) {
+        const viz_channel_top *t = &r->channels.top[k];
+        hid_t lg = group(&st, g, r->model.layers[t->layer].key);
+        if (lg < 0)
+            break;
+        hsize_t d2[2] = {(hsize_t)t->C, VIZ_TOP}, d3[3] = {(hsize_t)t->C, VIZ_TOP, 2};
+        int *yx = cfx_malloc((size_t)t->C * VIZ_TOP * 2 * sizeof(int));
+        for (int j = 0; j < t->C * VIZ_TOP; j++)
+            yx[2 * j] = t->pos[j] / t->W, yx[2 * j + 1] = t->pos[j] % t->W;
+        put(&st, lg, "top_images", 2, d2, H5T_NATIVE_INT, t->image);
+        put(&st, lg, "top_values", 2, d2, H5T_NATIVE_FLOAT, t->value);
+        put(&st, lg, "top_positions", 3, d3, H5T_NATIVE_INT, yx);
+        free(yx);
+        put_attr_i64(&st, lg, ".", "layer", t->layer);
+        put_attr_str(&st, lg, ".", "statistic", r->channel_max ? "max" : "mean");
+        put_attr_i64(&st, lg, ".", "field_size", t->field.size);
+        put_attr_i64(&st, lg, ".", "field_stride", t->field.jump);
+        put_attr_i64(&st, lg, ".", "field_offset", t->field.offset);
+        H5Gclose(lg);
+    }
+    if (g >= 0)
+        H5Gclose(g);
+    g = group(&st, f, "embedding");
+    if (g >= 0) {
+        hsize_t d[2] = {(hsize_t)r->n_test, 2}, de[1] = {2};
+        put(&st, g, "pca", 2, d, H5T_NATIVE_FLOAT, r->embedding);
+        put(&st, g, "explained_variance", 1, de, H5T_NATIVE_DOUBLE, r->explained);
+        put_attr_i64(&st, g, ".", "feature_layer", r->channels.feature_layer);
+        put_attr_i64(&st, g, ".", "features", r->channels.F);
+        H5Gclose(g);
+    }
+    g = group(&st, f, "activation_maximization");
+    if (g >= 0) {
+        hsize_t d[4] = {CFX_NUM_CLASSES, CFX_IMAGE_CHANNELS, CFX_IMAGE_SIZE, CFX_IMAGE_SIZE};
+        float *a = to_nchw(r->actmax, CFX_NUM_CLASSES);
+        put(&st, g, "images", 4, d, H5T_NATIVE_FLOAT, a);
+        free(a);
+        put_attr_i64(&st, g, ".", "steps", r->actmax_steps);
+        put_attr_str(&st, g, ".", "layout", "class, channel, y, x; normalised as the network's input");
+        H5Gclose(g);
+    }
+
     /* the sanity check */
     g = group(&st, f, "sanity");
     if (g >= 0 && sa->n_steps > 0) {
