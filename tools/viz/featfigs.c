@@ -18,16 +18,6 @@ static const viz_color CLASS_COLORS[CFX_NUM_CLASSES] = {
     {0xe3 / 255.0, 0x77 / 255.0, 0xc2 / 255.0}, {0x7f / 255.0, 0x7f / 255.0, 0x7f / 255.0},
     {0xbc / 255.0, 0xbd / 255.0, 0x22 / 255.0}, {0x17 / 255.0, 0xbe / 255.0, 0xcf / 255.0}};
 
-/* Test image idx as bytes rgb[32][32][3]. */
-static void test_rgb(const viz_run *r, int idx, uint8_t *rgb)
-{
-    uint8_t buf[CFX_RECORD_BYTES];
-    const uint8_t *px = cfx_dataset_read(&r->test, idx, buf) + 1; /* after the label byte */
-    for (int c = 0; c < 3; c++)
-        for (int p = 0; p < S * S; p++)
-            rgb[3 * p + c] = px[c * S * S + p];
-}
-
 /* The receptive field of position pos, clipped to the image, in thumbnail units. */
 static void field_box(const viz_channel_top *t, int pos, double scale, double *x, double *y,
                       double *w, double *h)
@@ -74,7 +64,7 @@ static int channel_grid(viz_out *o, const viz_run *r, const viz_channel_top *t, 
                 continue;
             double tx = cx + (k % 3) * (thumb + pad), ty = cy + lab_h + (k / 3) * (thumb + pad);
             uint8_t rgb[CFX_IMAGE_PIXELS];
-            test_rgb(r, img, rgb);
+            viz_test_rgb(r, img, rgb);
             viz_image_rgb(&f, rgb, S, S, tx, ty, thumb, thumb);
             double bx, by, bw, bh;
             field_box(t, t->pos[(size_t)c * VIZ_TOP + k], thumb / S, &bx, &by, &bw, &bh);

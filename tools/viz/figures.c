@@ -98,7 +98,7 @@ static void true_pred(char *buf, size_t len, int label, int pred, double prob)
 }
 
 /* The RGB bytes [32][32][3] of test image i. */
-static void test_rgb(const viz_run *r, int i, uint8_t *rgb)
+void viz_test_rgb(const viz_run *r, int i, uint8_t *rgb)
 {
     const uint8_t *px = cfx_dataset_pixels(&r->test, i);
     for (int p = 0; p < S * S; p++)
@@ -325,7 +325,7 @@ int viz_fig_misclassified(viz_out *o, const viz_run *r, cfx_error *err)
     for (int j = 0; j < n; j++) {
         int i = idx[j];
         uint8_t rgb[CFX_IMAGE_PIXELS];
-        test_rgb(r, i, rgb);
+        viz_test_rgb(r, i, rgb);
         char cap[128];
         true_pred(cap, sizeof cap, r->labels[i], r->preds[i],
                   r->probs[(size_t)i * K + r->preds[i]]);
@@ -753,7 +753,7 @@ int viz_fig_confusion_pairs(viz_out *o, const viz_run *r, cfx_error *err)
         for (int j = 0; j < n1 + n2; j++) {
             int i = ex[j];
             uint8_t rgb[CFX_IMAGE_PIXELS];
-            test_rgb(r, i, rgb);
+            viz_test_rgb(r, i, rgb);
             char cap[128];
             true_pred(cap, sizeof cap, r->labels[i], r->preds[i],
                       r->probs[(size_t)i * K + r->preds[i]]);

@@ -55,6 +55,9 @@ int viz_fig_smoothgrad(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_occlusion(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_guided_backprop(viz_out *o, const viz_run *r, cfx_error *err);
 int viz_fig_guided_gradcam(viz_out *o, const viz_run *r, cfx_error *err);
+/* The RGB bytes [32][32][3] of test image i. */
+void viz_test_rgb(const viz_run *r, int i, uint8_t *rgb);
+
 /* A bold title centred at cx and an optional grey subtitle under it; returns the height used. */
 double viz_title_block(viz_fig *f, double cx, double y, const char *title, const char *subtitle,
                        int sub_flags);

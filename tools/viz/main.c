@@ -26,6 +26,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: cfx-viz --run OUTPUT_DIR [--data DIR] [--images i,j,k] [--layer NAME]\n"
+            "       cfx-viz --compare RUN_A RUN_B [--out DIR] [same options]\n"
             "               [--format png|svg|pdf] [--quiet] [--ig-steps N]\n"
             "               [--smoothgrad-noise F] [--smoothgrad-samples N]\n"
             "               [--occlusion-patch N] [--occlusion-stride N]\n"
@@ -37,6 +38,8 @@ static void usage(FILE *out)
             "\n"
             "options:\n"
             "  --run DIR          the run's output directory (output.dir of its config)\n"
+            "  --compare A B      two runs side by side (any two architectures): compare.html,\n"
+            "                     compare.h5 and plots/ under --out (default: compare)\n"
             "  --data DIR         CIFAR-10 binary folder (default: data.dir of the checkpoint)\n"
             "  --images LIST      test images to explain, e.g. 0,1,3 (default: the first %d\n"
             "                     test images of distinct classes; at most %d); the feature\n"
@@ -126,6 +129,57 @@ static int attribution_flag(int argc, char **argv, int *i, viz_attr_opts *o)
     return 0;
 }
 
+/* Loads and computes run B of a comparison with A's settings and test images. */
+static int compare_load(viz_run *r, const char *dir, const char *data_dir, const viz_run *like,
+                        cfx_error *err)
+{
+    if (viz_run_load(r, dir, data_dir, err) != 0)
+        return CFX_EXIT_FAILURE;
+    r->attr = like->attr, r->actmax_steps = like->actmax_steps;
+    r->channel_max = like->channel_max;
+    char list[VIZ_MAX_IMAGES * 12] = "";
+    for (int i = 0; i < like->n_images; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? "," : "",
+                 like->images[i]);
+    if (viz_run_choose_images(r, list, err) != 0)
+        return CFX_EXIT_USAGE;
+    return viz_run_compute(r, err) == 0 ? CFX_EXIT_OK : CFX_EXIT_FAILURE;
+}
+
+static int compare_mode(const char *run_a, const char *run_b, const char *out_dir,
+                        const char *data_dir, const char *images, const viz_attr_opts *attr,
+                        int channel_max, viz_format fmt, int quiet)
+{
+    double t0 = cfx_now();
+    cfx_error err = {{0}};
+    viz_run a, b;
+    memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
+    int code = viz_run_load(&a, run_a, data_dir, &err) != 0 ? CFX_EXIT_FAILURE : CFX_EXIT_OK;
+    if (code == CFX_EXIT_OK) {
+        a.attr = *attr, a.actmax_steps = attr->actmax_steps, a.channel_max = channel_max;
+        code = viz_run_choose_images(&a, images, &err) != 0 ? CFX_EXIT_USAGE
+               : viz_run_compute(&a, &err) != 0            ? CFX_EXIT_FAILURE
+                                                           : CFX_EXIT_OK;
+    }
+    if (code == CFX_EXIT_OK)
+        code = compare_load(&b, run_b, data_dir, &a, &err);
+    if (code == CFX_EXIT_OK && a.test.n != b.test.n) {
+        cfx_fail(&err, "%s, %s: the runs' test sets differ (%d and %d images)", run_a, run_b,
+                 a.test.n, b.test.n);
+        code = CFX_EXIT_FAILURE;
+    }
+    if (code == CFX_EXIT_OK && viz_compare(&a, &b, out_dir, fmt, quiet, &err) != 0)
+        code = CFX_EXIT_FAILURE;
+    if (code == CFX_EXIT_OK && !quiet)
+        printf("cfx-viz --compare: %.2f s\n", cfx_now() - t0);
+    if (code != CFX_EXIT_OK)
+        fprintf(stderr, "cfx-viz: %s\n", err.msg);
+    viz_run_free(&a);
+    viz_run_free(&b);
+    viz_plot_shutdown();
+    return code;
+}
+
 typedef int (*figure_fn)(viz_out *, const viz_run *, cfx_error *);
 
 static void print_sanity(const viz_run *r)
@@ -161,7 +215,7 @@ int main(int argc, char **argv)
 {
     cfx_blas_select_kernels(argv); /* may re-execute this program */
     const char *run_dir = NULL, *data_dir = NULL, *images = NULL, *cam_layer = NULL;
-    const char *channel_layers = NULL;
+    const char *channel_layers = NULL, *cmp_a = NULL, *cmp_b = NULL, *cmp_out = "compare";
     int channel_max = 0;
     viz_format fmt = VIZ_PNG;
     int quiet = 0;
@@ -188,6 +242,15 @@ int main(int argc, char **argv)
             images = argv[++i];
         } else if (!strcmp(a, "--layer") && i + 1 < argc) {
             cam_layer = argv[++i];
+        } else if (!strcmp(a, "--compare") && i + 2 < argc) {
+            cmp_a = argv[++i];
+            cmp_b = argv[++i];
+        } else if (!strcmp(a, "--out") && i + 1 < argc) {
+            cmp_out = argv[++i];
+            if (strlen(cmp_out) >= CFX_PATH_LEN) {
+                fprintf(stderr, "cfx-viz: --out: path longer than %d characters\n", CFX_PATH_LEN - 1);
+                return CFX_EXIT_USAGE;
+            }
         } else if (!strcmp(a, "--layers") && i + 1 < argc) {
             channel_layers = argv[++i];
         } else if (!strcmp(a, "--channel-stat") && i + 1 < argc) {
@@ -215,6 +278,18 @@ int main(int argc, char **argv)
             fprintf(stderr, "cfx-viz: unknown or incomplete option '%s' (see --help)\n", a);
             return CFX_EXIT_USAGE;
         }
+    }
+    if (cmp_a && run_dir) {
+        fprintf(stderr, "cfx-viz: --run and --compare exclude each other (see --help)\n");
+        return CFX_EXIT_USAGE;
+    }
+    if (cmp_a) {
+        const char *threads = getenv("CFX_BLAS_THREADS");
+        if (threads && atoi(threads) > 0)
+            openblas_set_num_threads(atoi(threads));
+        cfx_conv2d_set_threads(openblas_get_num_threads());
+        return compare_mode(cmp_a, cmp_b, cmp_out, data_dir, images, &attr, channel_max, fmt,
+                            quiet);
     }
     if (!run_dir) {
         fprintf(stderr, "cfx-viz: --run OUTPUT_DIR is required (see --help)\n");

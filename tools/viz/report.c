@@ -15,7 +15,7 @@
 
 #define K CFX_NUM_CLASSES
 
-static void put_escaped(FILE *fp, const char *s)
+void viz_html_escaped(FILE *fp, const char *s)
 {
     for (; *s; s++) {
         switch (*s) {
@@ -49,20 +49,20 @@ static void put_base64(FILE *fp, const unsigned char *d, size_t n)
 static void figure(FILE *fp, const viz_item *it)
 {
     fprintf(fp, "<figure id=\"%s\">\n<img alt=\"", it->rel);
-    put_escaped(fp, it->title);
+    viz_html_escaped(fp, it->title);
     fprintf(fp, "\" width=\"%d\" height=\"%d\" src=\"data:%s;base64,", it->width, it->height,
             it->mime);
     put_base64(fp, it->data, it->len);
     fputs("\">\n<figcaption><b>", fp);
-    put_escaped(fp, it->title);
+    viz_html_escaped(fp, it->title);
     fputs("</b> — ", fp);
-    put_escaped(fp, it->caption);
+    viz_html_escaped(fp, it->caption);
     fputs(" <code>", fp);
-    put_escaped(fp, it->rel);
+    viz_html_escaped(fp, it->rel);
     fputs("</code></figcaption>\n</figure>\n", fp);
 }
 
-static void section(FILE *fp, const viz_out *o, int sec)
+void viz_html_section(FILE *fp, const viz_out *o, int sec)
 {
     for (int i = 0; i < o->n; i++)
         if (o->items[i].section == sec)
@@ -72,9 +72,9 @@ static void section(FILE *fp, const viz_out *o, int sec)
 static void meta_row(FILE *fp, const char *name, const char *value)
 {
     fputs("<tr><th>", fp);
-    put_escaped(fp, name);
+    viz_html_escaped(fp, name);
     fputs("</th><td>", fp);
-    put_escaped(fp, value);
+    viz_html_escaped(fp, value);
     fputs("</td></tr>\n", fp);
 }
 
@@ -94,6 +94,44 @@ static const char *STYLE =
     "code{font-size:.9em;color:#666}\n"
     ".summary{font-size:1.05em}\n";
 
+void viz_html_head(FILE *fp, const char *title, const char *what)
+{
+    fputs("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n", fp);
+    fputs("<meta name=\"viewport\" content=\"width=device-width, "
+          "initial-scale=1\">\n<title>",
+          fp);
+    viz_html_escaped(fp, title);
+    viz_html_escaped(fp, what);
+    fprintf(fp, "</title>\n<style>\n%s</style>\n</head>\n<body>\n<h1>", STYLE);
+    viz_html_escaped(fp, title);
+    viz_html_escaped(fp, what);
+    fputs("</h1>\n", fp);
+}
+
+void viz_html_sanity_table(FILE *fp, const viz_run *r, const char *id)
+{
+    const viz_sanity *sa = &r->sanity;
+    fprintf(fp, "<table id=\"%s\">\n<tr><th>step</th><th>re-initialised down to</th>", id);
+    for (int k = 0; k < VIZ_N_METHODS; k++)
+        fprintf(fp, "<th>%s ρ</th>", VIZ_METHOD_LABEL[k]);
+    fprintf(fp, "</tr>\n");
+    for (int s = 0; s < sa->n_steps; s++) {
+        char lab[64];
+        viz_sanity_step_label(r, s, lab, sizeof lab);
+        fprintf(fp, "<tr><td class=\"n\">%d</td><td>", s);
+        viz_html_escaped(fp, lab);
+        fprintf(fp, "</td>");
+        for (int k = 0; k < VIZ_N_METHODS; k++) {
+            char v[16];
+            viz_sanity_mean_text(sa, k, s, v, sizeof v);
+            fprintf(fp, "<td class=\"n\">%s</td>", v);
+        }
+        fprintf(fp, "</tr>\n");
+    }
+    fprintf(fp, "</table>\n<p>Mean over the %d images; re-initialisation seed %llu.</p>\n",
+            sa->n_images, (unsigned long long)r->sanity_seed);
+}
+
 int viz_write_report(const viz_run *r, const viz_out *o, const char *path, double seconds,
                      cfx_error *err)
 {
@@ -102,14 +140,7 @@ int viz_write_report(const viz_run *r, const viz_out *o, const char *path, doubl
     FILE *fp = fopen(tmp, "w");
     if (!fp)
         return cfx_fail(err, "%s: cannot write: %s", tmp, strerror(errno));
-    fputs("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n", fp);
-    fputs("<meta name=\"viewport\" content=\"width=device-width, "
-          "initial-scale=1\">\n<title>cfx-viz: ",
-          fp);
-    put_escaped(fp, r->run_dir);
-    fprintf(fp, "</title>\n<style>\n%s</style>\n</head>\n<body>\n<h1>cfx-viz report: ", STYLE);
-    put_escaped(fp, r->run_dir);
-    fputs("</h1>\n", fp);
+    viz_html_head(fp, "cfx-viz report: ", r->run_dir);
 
     /* summary and metadata */
     fprintf(fp,
@@ -139,20 +170,20 @@ int viz_write_report(const viz_run *r, const viz_out *o, const char *path, doubl
         else
             snprintf(line, sizeof line, "%2d  %-10s %-44s -> %d x %d x %d\n", l,
                      L->kind->torch_name, spec, L->out_c, L->out_h, L->out_w);
-        put_escaped(fp, line);
+        viz_html_escaped(fp, line);
     }
     fprintf(fp, "%zu parameters</pre>\n", r->model.n_params);
     fputs("<details><summary>Effective configuration (root attribute <code>config</code>)"
           "</summary>\n<pre>",
           fp);
-    put_escaped(fp, r->config_text);
+    viz_html_escaped(fp, r->config_text);
     fputs("</pre>\n</details>\n", fp);
 
     fputs("<h2 id=\"training\">Training</h2>\n", fp);
-    section(fp, o, VIZ_SEC_TRAINING);
+    viz_html_section(fp, o, VIZ_SEC_TRAINING);
 
     fputs("<h2 id=\"test\">Test set</h2>\n", fp);
-    section(fp, o, VIZ_SEC_TEST);
+    viz_html_section(fp, o, VIZ_SEC_TEST);
     fputs("<table id=\"per-class\">\n<tr><th>class</th><th>precision</th><th>recall</th>"
           "<th>F1</th><th>images</th></tr>\n",
           fp);
@@ -171,36 +202,17 @@ int viz_write_report(const viz_run *r, const viz_out *o, const char *path, doubl
             mp, mr, mf, r->n_test);
 
     fputs("<h2 id=\"explanations\">What the network looks at</h2>\n", fp);
-    section(fp, o, VIZ_SEC_EXPLAIN);
+    viz_html_section(fp, o, VIZ_SEC_EXPLAIN);
 
     fputs("<h2 id=\"sanity\">Sanity check</h2>\n", fp);
-    section(fp, o, VIZ_SEC_SANITY);
-    const viz_sanity *sa = &r->sanity;
-    fprintf(fp, "<table id=\"sanity-table\">\n<tr><th>step</th><th>re-initialised down to</th>");
-    for (int k = 0; k < VIZ_N_METHODS; k++)
-        fprintf(fp, "<th>%s ρ</th>", VIZ_METHOD_LABEL[k]);
-    fprintf(fp, "</tr>\n");
-    for (int s = 0; s < sa->n_steps; s++) {
-        char lab[64];
-        viz_sanity_step_label(r, s, lab, sizeof lab);
-        fprintf(fp, "<tr><td class=\"n\">%d</td><td>", s);
-        put_escaped(fp, lab);
-        fprintf(fp, "</td>");
-        for (int k = 0; k < VIZ_N_METHODS; k++) {
-            char v[16];
-            viz_sanity_mean_text(sa, k, s, v, sizeof v);
-            fprintf(fp, "<td class=\"n\">%s</td>", v);
-        }
-        fprintf(fp, "</tr>\n");
-    }
-    fprintf(fp, "</table>\n<p>Mean over the %d images; re-initialisation seed %llu.</p>\n",
-            sa->n_images, (unsigned long long)r->sanity_seed);
+    viz_html_section(fp, o, VIZ_SEC_SANITY);
+    viz_html_sanity_table(fp, r, "sanity-table");
 
     fputs("<h2 id=\"channels\">What the channels respond to</h2>\n", fp);
-    section(fp, o, VIZ_SEC_CHANNELS);
+    viz_html_section(fp, o, VIZ_SEC_CHANNELS);
 
     fputs("<h2 id=\"features\">Feature maps</h2>\n", fp);
-    section(fp, o, VIZ_SEC_FEATURES);
+    viz_html_section(fp, o, VIZ_SEC_FEATURES);
 
     fprintf(fp,
             "<footer><p>Generated by cfx-viz %s in %.2f s. The numbers behind every figure are "

@@ -3,6 +3,8 @@
 #ifndef CFX_VIZ_STORE_H
 #define CFX_VIZ_STORE_H
 
+#include <stdio.h>
+
 #include "figures.h" /* defines: viz_out */
 #include "run.h"     /* defines: viz_run */
 
@@ -15,5 +17,18 @@ int viz_store_analysis(const viz_run *r, const char *path, cfx_error *err);
  * time taken so far (printed in the footer). */
 int viz_write_report(const viz_run *r, const viz_out *o, const char *path, double seconds,
                      cfx_error *err);
+
+/* Pieces of cfx-viz's pages (report.html, compare.html): the head with the
+ * style sheet and the <h1> title + what; every figure of section sec,
+ * embedded; text with HTML's special characters escaped; the sanity
+ * check's Spearman table of a run. */
+void viz_html_head(FILE *fp, const char *title, const char *what);
+void viz_html_section(FILE *fp, const viz_out *o, int sec);
+void viz_html_escaped(FILE *fp, const char *s);
+void viz_html_sanity_table(FILE *fp, const viz_run *r, const char *id);
+
+/* cfx-viz --compare RUN_A RUN_B: compare.c */
+int viz_compare(viz_run *a, viz_run *b, const char *out_dir, viz_format fmt, int quiet,
+                cfx_error *err);
 
 #endif
