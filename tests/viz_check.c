@@ -113,12 +113,64 @@ static int check_confusion(const char *path, long n, double accuracy)
     return rc;
 }
 
+/* n ints of dataset name in file path, malloc'd; NULL if absent or another size. */
+static int *read_ints(const char *path, const char *name, int n)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hsize_t dims[1] = {0};
+    int rank = 0, *v = malloc((size_t)n * sizeof *v);
+    if (f < 0 || H5LTget_dataset_ndims(f, name, &rank) < 0 || rank != 1 ||
+        H5LTget_dataset_info(f, name, dims, NULL, NULL) < 0 || dims[0] != (hsize_t)n ||
+        H5LTread_dataset_int(f, name, v) < 0) {
+        printf("%s: no %d-element %s\n", path, n, name);
+        free(v);
+        v = NULL;
+    }
+    if (f >= 0)
+        H5Fclose(f);
+    return v;
+}
+
+/* compare.h5's agreement against the two runs' own analysis.h5: every test
+ * image in the right category, the counts their sums. */
+static int check_agreement(const char *cmp, const char *a_h5, const char *b_h5, int n)
+{
+    int *labels = read_ints(a_h5, "/test/labels", n), *pa = read_ints(a_h5, "/test/predictions", n);
+    int *pb = read_ints(b_h5, "/test/predictions", n), *cat = read_ints(cmp, "/agreement", n);
+    int *counts = read_ints(cmp, "/agreement_counts", 4);
+    int rc = !(labels && pa && pb && cat && counts);
+    long want[4] = {0, 0, 0, 0};
+    for (int i = 0; !rc && i < n; i++) {
+        int ra = pa[i] == labels[i], rb = pb[i] == labels[i];
+        int c = ra && rb ? 0 : ra ? 1 : rb ? 2 : 3;
+        want[c]++;
+        if (cat[i] != c) {
+            printf("%s: test image %d in category %d, expected %d\n", cmp, i, cat[i], c);
+            rc = 1;
+        }
+    }
+    for (int c = 0; !rc && c < 4; c++)
+        if (counts[c] != want[c]) {
+            printf("%s: agreement count %d is %d, expected %ld\n", cmp, c, counts[c], want[c]);
+            rc = 1;
+        }
+    if (rc == 0)
+        printf("%s: agreement of %d images matches both runs (%ld %ld %ld %ld)\n", cmp, n,
+               want[0], want[1], want[2], want[3]);
+    free(labels), free(pa), free(pb), free(cat), free(counts);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 5 && (!strcmp(argv[1], "png") || !strcmp(argv[1], "png-min")))
         return check_png(argv[2], atoi(argv[3]), atoi(argv[4]), !strcmp(argv[1], "png"));
     if (argc == 5 && !strcmp(argv[1], "confusion"))
         return check_confusion(argv[2], atol(argv[3]), atof(argv[4]));
-    fprintf(stderr, "usage: viz_check png|png-min FILE W H | confusion ANALYSIS_H5 N ACC\n");
+    if (argc == 6 && !strcmp(argv[1], "agreement"))
+        return check_agreement(argv[2], argv[3], argv[4], atoi(argv[5]));
+    fprintf(stderr, "usage: viz_check png|png-min FILE W H | confusion ANALYSIS_H5 N ACC |\n"
+                    "       agreement COMPARE_H5 A_ANALYSIS_H5 B_ANALYSIS_H5 N\n");
     return 2;
 }

@@ -144,6 +144,27 @@ residual)
     [ "$stored" -eq 150 ] || fail "the checkpoint's layers attribute holds $stored of 150 layers"
     "$viz" --quiet --run "$work/long" --images 0 || fail "cfx-viz on a 153-layer model"
     echo "ok: a ${#long}-character layer list is stored whole"
+
+    # Two architectures side by side: the residual network and the long one.
+    "$viz" --compare "$out" "$work/long" --out "$work/compare" --images 0,1 | tee "$work/cmp.out"
+    for f in compare.html compare.h5 plots/compare_accuracy.png plots/compare_confusion.png \
+        plots/compare_per_class.png plots/agreement.png plots/compare_attributions.png \
+        run_a/plots/sanity_randomization.png run_b/plots/sanity_randomization.png; do
+        [ -s "$work/compare/$f" ] || fail "--compare: $f not written"
+    done
+    "$check" png-min "$work/compare/plots/compare_attributions.png" 1400 300 || fail "compare figure"
+    "$check" agreement "$work/compare/compare.h5" "$out/analysis.h5" "$work/long/analysis.h5" 10000 ||
+        fail "compare.h5 agreement"
+    for d in /a/f1 /b/f1 /confusion_difference /a/saliency /b/gradcam /image_indices; do
+        h5dump -H -d "$d" "$work/compare/compare.h5" > /dev/null || fail "compare.h5 has no $d"
+    done
+    set +e
+    "$viz" --compare "$out" "$work/does-not-exist" --out "$work/compare2" 2> "$work/cmp.err"
+    code=$?
+    set -e
+    [ "$code" -eq 1 ] && [ "$(wc -l < "$work/cmp.err")" -eq 1 ] && grep -q "does-not-exist" "$work/cmp.err" ||
+        fail "--compare with a missing run: exit $code, '$(cat "$work/cmp.err")'"
+    echo "ok: cfx-viz --compare of two architectures"
     ;;
 
 report)
