@@ -13,7 +13,10 @@ mpiexec=("$@")
 rm -rf "$work"
 mkdir -p "$work"
 args=(--config "$config" --quiet --set data.dir="$data"
-      --set train.epochs=3 --set data.train_limit=4096 --set data.val_limit=200)
+      --set train.epochs=4 --set data.train_limit=16384 --set data.val_limit=200)
+# An epoch of 16,384 images lasts ~1.5 s at 2 ranks on these machines, so the
+# signal, 0.3 s into epoch 2, finds the job running (4,096 images did not:
+# the job could end before the signal).
 
 stop_and_resume() { # stop_and_resume SIGNAL TARGET(ranks|mpirun) RUN_DIR
     local sig=$1 target=$2 dir=$3
@@ -27,9 +30,10 @@ stop_and_resume() { # stop_and_resume SIGNAL TARGET(ranks|mpirun) RUN_DIR
     done
     sleep 0.3
     if [ "$target" = ranks ]; then
-        pkill -"$sig" -P "$job" -x cfx-train
+        pkill -"$sig" -P "$job" -x cfx-train ||
+            { echo "FAIL: SIG$sig: no cfx-train rank left to signal (the job ended first)"; exit 1; }
     else
-        kill -"$sig" "$job"
+        kill -"$sig" "$job" || { echo "FAIL: SIG$sig: mpirun already gone"; exit 1; }
     fi
     set +e
     wait "$job"
@@ -43,8 +47,8 @@ stop_and_resume() { # stop_and_resume SIGNAL TARGET(ranks|mpirun) RUN_DIR
     "${mpiexec[@]}" 2 "$train" "${run_args[@]}" --resume "$dir/checkpoints/last.h5"
     local epochs
     epochs=$(tail -n +2 "$dir/logs/metrics.csv" | cut -d, -f1 | tr '\n' ' ')
-    if [ "$epochs" != "1 2 3 " ]; then
-        echo "FAIL: metrics.csv has epochs '$epochs' after the resume, expected '1 2 3 '"
+    if [ "$epochs" != "1 2 3 4 " ]; then
+        echo "FAIL: metrics.csv has epochs '$epochs' after the resume, expected '1 2 3 4 '"
         exit 1
     fi
     echo "ok: resumed and finished with epochs $epochs"

@@ -28,6 +28,14 @@ void cfx_blas_select_kernels(char **argv)
     if (!core)
         return;
     setenv("OPENBLAS_CORETYPE", core, 1);
+    /* The binary's own path, not /proc/self/exe: exec names the process
+     * after the file, and ps, top and pkill -x must still see cfx-train. */
+    char self[4096];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (len > 0) {
+        self[len] = '\0';
+        execv(self, argv);
+    }
     execv("/proc/self/exe", argv);
     /* exec failed: go on with the fallback kernels */
     unsetenv("OPENBLAS_CORETYPE");

@@ -311,6 +311,8 @@ int viz_sanity_run(cfx_model *m, int n, const int *classes, const float *x, int 
                 out->rho[k][s * n + i] = viz_spearman(out->maps[k] + (size_t)i * out->size[k],
                                                       step_maps[k] + (size_t)i * out->size[k],
                                                       out->size[k]);
+        if (o->progress)
+            o->progress(o->progress_ctx, s + 1, out->n_steps);
     }
     memcpy(m->params, trained, m->n_params * sizeof(float));
     free(trained);

@@ -39,6 +39,9 @@ typedef struct {
     int occ_stride;      /* --occlusion-stride */
     uint64_t seed;       /* SmoothGrad's noise */
     int actmax_steps;    /* --actmax-steps: activation maximisation (featvis.h) */
+    /* called after each step of the sanity check (NULL: nothing) */
+    void (*progress)(void *ctx, int done, int total);
+    void *progress_ctx;
 } viz_attr_opts;
 
 void viz_attr_defaults(viz_attr_opts *o);

@@ -1,10 +1,14 @@
 /* cfx-viz: every figure of a cfx-train run, drawn from its HDF5 files.
  *
- *   cfx-viz --run OUTPUT_DIR [--data DIR] [--images i,j,k] [--format png|svg|pdf]
+ *   cfx-viz --run OUTPUT_DIR [--data DIR] [--images i,j,k] [--format png|svg|pdf] [...]
+ *   cfx-viz --compare RUN_A RUN_B [--out DIR] [...]
  *
  * Reads OUTPUT_DIR/checkpoints/best.h5 and OUTPUT_DIR/logs/metrics.h5, runs
- * libcfx's forward and backward passes on the test set and writes plots/,
- * featuremaps/, per_class.csv, analysis.h5 and report.html under OUTPUT_DIR. */
+ * libcfx's forward and backward passes on the test set and writes plots/
+ * (training, test set, eight attribution methods, the sanity check, channel
+ * top images, activation maximisation, the PCA embedding), featuremaps/,
+ * per_class.csv, analysis.h5 and report.html under OUTPUT_DIR; --compare
+ * puts two runs side by side in compare.html and compare.h5 (compare.c). */
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
@@ -26,11 +30,11 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: cfx-viz --run OUTPUT_DIR [--data DIR] [--images i,j,k] [--layer NAME]\n"
-            "       cfx-viz --compare RUN_A RUN_B [--out DIR] [same options]\n"
             "               [--format png|svg|pdf] [--quiet] [--ig-steps N]\n"
             "               [--smoothgrad-noise F] [--smoothgrad-samples N]\n"
             "               [--occlusion-patch N] [--occlusion-stride N]\n"
             "               [--layers LIST] [--channel-stat mean|max] [--actmax-steps N]\n"
+            "       cfx-viz --compare RUN_A RUN_B [--out DIR] [the options above]\n"
             "\n"
             "Draws every figure of a cfx-train run from OUTPUT_DIR/checkpoints/best.h5 and\n"
             "OUTPUT_DIR/logs/metrics.h5 and writes them under OUTPUT_DIR: plots/, featuremaps/,\n"
@@ -127,6 +131,15 @@ static int attribution_flag(int argc, char **argv, int *i, viz_attr_opts *o)
         return 1;
     }
     return 0;
+}
+
+/* CFX_BLAS_THREADS=N as cfx-train's; else all cores. */
+static void set_threads(void)
+{
+    const char *threads = getenv("CFX_BLAS_THREADS");
+    if (threads && atoi(threads) > 0)
+        openblas_set_num_threads(atoi(threads));
+    cfx_conv2d_set_threads(openblas_get_num_threads());
 }
 
 /* Loads and computes run B of a comparison with A's settings and test images. */
@@ -283,23 +296,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "cfx-viz: --run and --compare exclude each other (see --help)\n");
         return CFX_EXIT_USAGE;
     }
-    if (cmp_a) {
-        const char *threads = getenv("CFX_BLAS_THREADS");
-        if (threads && atoi(threads) > 0)
-            openblas_set_num_threads(atoi(threads));
-        cfx_conv2d_set_threads(openblas_get_num_threads());
+    set_threads();
+    if (cmp_a)
         return compare_mode(cmp_a, cmp_b, cmp_out, data_dir, images, &attr, channel_max, fmt,
                             quiet);
-    }
     if (!run_dir) {
         fprintf(stderr, "cfx-viz: --run OUTPUT_DIR is required (see --help)\n");
         return CFX_EXIT_USAGE;
     }
-
-    const char *threads = getenv("CFX_BLAS_THREADS"); /* as cfx-train; else all cores */
-    if (threads && atoi(threads) > 0)
-        openblas_set_num_threads(atoi(threads));
-    cfx_conv2d_set_threads(openblas_get_num_threads());
 
     double t0 = cfx_now();
     cfx_error err = {{0}};

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cfx/config.h" /* defines: cfx_parse_layers */
 #include "cfx/train.h"  /* defines: cfx_evaluate */
@@ -360,6 +361,42 @@ static int explain(viz_run *r, cfx_error *err)
     return 0;
 }
 
+/* A progress bar on stderr when it is a terminal, once a phase has run 2 s. */
+typedef struct {
+    const char *phase;
+    double t0;
+    int shown;
+} progress_bar;
+
+static void progress_update(void *ctx, int done, int total)
+{
+    progress_bar *p = ctx;
+    if (!isatty(STDERR_FILENO) || (!p->shown && cfx_now() - p->t0 < 2.0))
+        return;
+    enum { WIDTH = 30 };
+    int fill = total > 0 ? WIDTH * done / total : WIDTH;
+    fprintf(stderr, "\r%-28s [%.*s%*s] %d/%d, %.0f s", p->phase, fill,
+            "##############################", WIDTH - fill, "", done, total, cfx_now() - p->t0);
+    p->shown = 1;
+    if (done >= total)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+/* The test pass's observer: the channel statistics, then the progress bar. */
+typedef struct {
+    viz_channels *channels;
+    progress_bar bar;
+    int total;
+} test_pass;
+
+static void observe_test_pass(void *ctx, const cfx_model *m, int start, int count)
+{
+    test_pass *t = ctx;
+    viz_channels_observe(t->channels, m, start, count);
+    progress_update(&t->bar, start + count, t->total);
+}
+
 /* An input per class that excites its logit, in batches of the explained
  * images' model (its batch is n_images). */
 static int activation_maximisation(viz_run *r, cfx_error *err)
@@ -440,8 +477,9 @@ int viz_run_compute(viz_run *r, cfx_error *err)
         return -1;
     }
     cfx_eval_result res;
+    test_pass pass = {&r->channels, {"test set", cfx_now(), 0}, n};
     cfx_evaluate_observed(&r->model, &r->test, all, n, &res, r->preds, r->probs,
-                          viz_channels_observe, &r->channels);
+                          observe_test_pass, &pass);
     free(all);
     r->test_loss = res.loss;
     r->test_accuracy = res.accuracy;
@@ -457,7 +495,10 @@ int viz_run_compute(viz_run *r, cfx_error *err)
     r->t_explain = t2 - t1;
     /* re-initialised weights come from another seed than training's */
     r->sanity_seed = r->state.seed + 1;
-    if (viz_sanity_run(&r->gmodel, r->n_images, r->img_pred, r->inputs, r->cam_layer, &r->attr,
+    progress_bar bar = {"sanity check, every method", cfx_now(), 0};
+    viz_attr_opts opts = r->attr;
+    opts.progress = progress_update, opts.progress_ctx = &bar;
+    if (viz_sanity_run(&r->gmodel, r->n_images, r->img_pred, r->inputs, r->cam_layer, &opts,
                        r->sanity_seed, &r->sanity, err) != 0)
         return -1;
     r->t_sanity = cfx_now() - t2;
