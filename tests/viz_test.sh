@@ -146,7 +146,8 @@ residual)
     echo "ok: a ${#long}-character layer list is stored whole"
 
     # Two architectures side by side: the residual network and the long one.
-    "$viz" --compare "$out" "$work/long" --out "$work/compare" --images 0,1 | tee "$work/cmp.out"
+    "$viz" --compare "$out" "$work/long" --out "$work/compare" --images 0,1 --ig-steps 4 \
+        --smoothgrad-samples 2 --actmax-steps 8 | tee "$work/cmp.out"
     for f in compare.html compare.h5 plots/compare_accuracy.png plots/compare_confusion.png \
         plots/compare_per_class.png plots/agreement.png plots/compare_attributions.png \
         run_a/plots/sanity_randomization.png run_b/plots/sanity_randomization.png; do

@@ -16,7 +16,7 @@ static inline float exp_nonpositive(float x)
     x = x < -87.0f ? -87.0f : x; /* NaN stays NaN */
     const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float j = x * 1.44269504088896341f + magic;
-    int32_t jbits;
+    uint32_t jbits; /* unsigned: NaN's garbage exponent must not overflow */
     memcpy(&jbits, &j, sizeof jbits);
     float k = j - magic;
     float r = x - k * 0.693359375f; /* Cody-Waite ln 2, high and low parts */
@@ -28,7 +28,7 @@ static inline float exp_nonpositive(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    int32_t scale_bits = (jbits - 0x4B400000 + 127) * (1 << 23); /* 2^k */
+    uint32_t scale_bits = (jbits - 0x4B400000u + 127u) << 23; /* 2^k, k = round(x log2 e) */
     float scale;
     memcpy(&scale, &scale_bits, sizeof scale);
     return p * scale;

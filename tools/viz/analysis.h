@@ -1,7 +1,8 @@
 /* The analyses behind cfx-viz's figures, free of files and drawing:
  * saliency and Grad-CAM through libcfx's own backward pass, the confusion
  * matrix and per-class metrics, Spearman rank correlation, and the model
- * randomisation sanity check (Adebayo et al., 2018). */
+ * randomisation sanity check (Adebayo et al., 2018) of every method of
+ * attribution.h. */
 #ifndef CFX_VIZ_ANALYSIS_H
 #define CFX_VIZ_ANALYSIS_H
 
