@@ -23,19 +23,7 @@ void viz_class_score_backward(cfx_model *m, int n, const int *classes)
 
 void viz_saliency(const cfx_model *m, int n, float *maps)
 {
-    size_t hw = (size_t)m->in_h * m->in_w;
-    const float *g = m->dacts[0]; /* [C][n][H][W] */
-    for (int i = 0; i < n; i++) {
-        float *map = maps + (size_t)i * hw;
-        for (size_t p = 0; p < hw; p++) {
-            float best = 0.0f;
-            for (int c = 0; c < m->in_c; c++) {
-                float v = fabsf(g[((size_t)c * n + i) * hw + p]);
-                best = v > best ? v : best;
-            }
-            map[p] = best;
-        }
-    }
+    viz_channel_max_abs(m->dacts[0], m->in_c, n, m->in_h * m->in_w, maps); /* [C][n][H][W] */
 }
 
 int viz_first_conv(const cfx_model *m)

@@ -229,8 +229,7 @@ int viz_method_size(const cfx_model *m, int cam_layer, viz_method k)
     return m->in_h * m->in_w;
 }
 
-/* The black image after normalisation: -mean / std in every channel. */
-static void black_image(const cfx_model *m, int n, float *b)
+void viz_black_image(const cfx_model *m, int n, float *b)
 {
     size_t plane = (size_t)n * m->in_h * m->in_w;
     for (int c = 0; c < m->in_c; c++)
@@ -269,7 +268,7 @@ void viz_explain_all(cfx_model *m, int n, const int *classes, const float *x, in
     viz_class_score_backward(m, n, classes);
     viz_saliency(m, n, maps[VIZ_SALIENCY]);
     viz_gradcam(m, cam_layer, n, maps[VIZ_GRADCAM]);
-    black_image(m, n, b);
+    viz_black_image(m, n, b);
     viz_integrated_gradients(m, n, classes, x, b, o->ig_steps, g);
     viz_channel_sum_abs(g, C, n, HW, maps[VIZ_IG_BLACK]);
     viz_blur(x, C, n, m->in_h, m->in_w, o->blur_sigma, b);

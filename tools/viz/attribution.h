@@ -59,6 +59,10 @@ void viz_input_gradient(cfx_model *m, int n, const int *classes, const float *x,
 void viz_integrated_gradients(cfx_model *m, int n, const int *classes, const float *x,
                               const float *b, int steps, float *attr);
 
+/* The black image after normalisation (-mean / std in every channel), n
+ * times: Integrated Gradients' black baseline. */
+void viz_black_image(const cfx_model *m, int n, float *b);
+
 /* Each channel of the n images blurred by a Gaussian of sigma pixels
  * (reflected edges): the blurred baseline of Integrated Gradients. */
 void viz_blur(const float *x, int C, int n, int H, int W, double sigma, float *out);

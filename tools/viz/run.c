@@ -397,8 +397,8 @@ static void observe_test_pass(void *ctx, const cfx_model *m, int start, int coun
     progress_update(&t->bar, start + count, t->total);
 }
 
-/* An input per class that excites its logit, in batches of the explained
- * images' model (its batch is n_images). */
+/* An input per class that excites its logit, all ten in one batch of a
+ * model of their own. */
 static int activation_maximisation(viz_run *r, cfx_error *err)
 {
     double t0 = cfx_now();
@@ -434,9 +434,7 @@ static void integrated_gradients_check(viz_run *r)
     viz_class_scores(g, n, r->img_pred, r->inputs, fx);
     for (int k = 0; k < 2; k++) {
         if (k == 0)
-            for (int c = 0; c < CFX_IMAGE_CHANNELS; c++)
-                for (size_t j = 0; j < n * hw; j++)
-                    b[c * n * hw + j] = -CFX_CIFAR10_MEAN[c] / CFX_CIFAR10_STD[c];
+            viz_black_image(g, n, b);
         else
             viz_blur(r->inputs, CFX_IMAGE_CHANNELS, n, CFX_IMAGE_SIZE, CFX_IMAGE_SIZE,
                      r->attr.blur_sigma, b);
