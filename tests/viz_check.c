@@ -5,6 +5,13 @@
  *   viz_check confusion ANALYSIS_H5 N ACCURACY
  *       the confusion matrix sums to N and its diagonal share equals ACCURACY
  *       (as printed with 4 decimals), as does /test's accuracy attribute
+ *   viz_check agreement COMPARE_H5 A_ANALYSIS_H5 B_ANALYSIS_H5 N
+ *       compare.h5's agreement categories and counts against both runs
+ *   viz_check shown ANALYSIS_H5 INDEX CLASS PROB
+ *       what explorer.html showed: test image INDEX is predicted CLASS (a
+ *       name) with probability PROB (3 decimals), as /test holds
+ *   viz_check count ANALYSIS_H5 CLASS N
+ *       N test images of true class CLASS (a name) are misclassified
  *
  * Prints one line naming the file and the failed check, exits 1 on failure. */
 #include <cairo.h>
@@ -15,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "cfx/data.h" /* defines: CFX_CIFAR10_CLASSES, CFX_NUM_CLASSES */
 
 /* Not blank: at least 2% of the pixels differ from the corner pixel (the
  * background) and there are at least 8 distinct colours. */
@@ -162,6 +171,66 @@ static int check_agreement(const char *cmp, const char *a_h5, const char *b_h5, 
     return rc;
 }
 
+static int class_index(const char *name)
+{
+    for (int c = 0; c < CFX_NUM_CLASSES; c++)
+        if (!strcmp(CFX_CIFAR10_CLASSES[c], name))
+            return c;
+    return -1;
+}
+
+static int check_shown(const char *path, int index, const char *name, double prob)
+{
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hsize_t dims[2] = {0, 0};
+    int rank = 0, rc = 1;
+    if (f < 0 || H5LTget_dataset_ndims(f, "/test/probabilities", &rank) < 0 || rank != 2 ||
+        H5LTget_dataset_info(f, "/test/probabilities", dims, NULL, NULL) < 0 ||
+        dims[1] != CFX_NUM_CLASSES || index < 0 || (hsize_t)index >= dims[0]) {
+        printf("%s: no /test/probabilities with image %d\n", path, index);
+        if (f >= 0)
+            H5Fclose(f);
+        return 1;
+    }
+    int n = (int)dims[0], *preds = read_ints(path, "/test/predictions", n);
+    float *probs = malloc((size_t)n * CFX_NUM_CLASSES * sizeof *probs);
+    if (preds && H5LTread_dataset_float(f, "/test/probabilities", probs) >= 0) {
+        int p = preds[index];
+        double want = probs[(size_t)index * CFX_NUM_CLASSES + p];
+        if (class_index(name) != p)
+            printf("%s: image %d: the page shows %s, analysis.h5 predicts %s\n", path, index,
+                   name, CFX_CIFAR10_CLASSES[p]);
+        else if (fabs(want - prob) > 5.001e-4)
+            printf("%s: image %d: the page shows probability %.3f, analysis.h5 has %.6f\n", path,
+                   index, prob, want);
+        else
+            printf("%s: image %d: %s %.3f as shown\n", path, index, name, prob), rc = 0;
+    }
+    free(preds), free(probs);
+    H5Fclose(f);
+    return rc;
+}
+
+static int check_count(const char *path, const char *name, int want)
+{
+    int c = class_index(name), n = 0, wrong = 0;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hsize_t dims[1] = {0};
+    if (f >= 0 && H5LTget_dataset_info(f, "/test/labels", dims, NULL, NULL) >= 0)
+        n = (int)dims[0];
+    if (f >= 0)
+        H5Fclose(f);
+    int *labels = read_ints(path, "/test/labels", n), *preds = read_ints(path, "/test/predictions", n);
+    for (int i = 0; labels && preds && i < n; i++)
+        wrong += labels[i] == c && preds[i] != c;
+    int rc = !labels || !preds || c < 0 || wrong != want;
+    printf("%s: %d misclassified %s images, the page counted %d\n", path, wrong, name, want);
+    free(labels), free(preds);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 5 && (!strcmp(argv[1], "png") || !strcmp(argv[1], "png-min")))
@@ -170,7 +239,12 @@ int main(int argc, char **argv)
         return check_confusion(argv[2], atol(argv[3]), atof(argv[4]));
     if (argc == 6 && !strcmp(argv[1], "agreement"))
         return check_agreement(argv[2], argv[3], argv[4], atoi(argv[5]));
+    if (argc == 6 && !strcmp(argv[1], "shown"))
+        return check_shown(argv[2], atoi(argv[3]), argv[4], atof(argv[5]));
+    if (argc == 5 && !strcmp(argv[1], "count"))
+        return check_count(argv[2], argv[3], atoi(argv[4]));
     fprintf(stderr, "usage: viz_check png|png-min FILE W H | confusion ANALYSIS_H5 N ACC |\n"
-                    "       agreement COMPARE_H5 A_ANALYSIS_H5 B_ANALYSIS_H5 N\n");
+                    "       agreement COMPARE_H5 A_ANALYSIS_H5 B_ANALYSIS_H5 N |\n"
+                    "       shown ANALYSIS_H5 INDEX CLASS PROB | count ANALYSIS_H5 CLASS N\n");
     return 2;
 }

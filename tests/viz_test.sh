@@ -11,6 +11,10 @@
 #           every layer's feature maps, Grad-CAM on the last block's output by
 #           default and on any named layer with --layer, the sanity check
 #           re-initialising BatchNorm layers too
+#   explorer  explorer.html's files (20 thumbnail sheets, 100 detail images),
+#           then a browser test (tests/explorer, puppeteer-core in Chromium)
+#           clicks through it and a comparison's; the count of misclassified
+#           cats and each prediction and probability it showed equal analysis.h5's
 #   errors  missing, damaged and mismatched files, bad --images, an
 #           unwritable output directory: one line on stderr, non-zero exit;
 #           --format svg and pdf write those formats
@@ -88,7 +92,7 @@ run)
         fail "cfx-viz did not print its figure count and timing"
     grep -q "^sanity check: Spearman" "$work/viz.out" || fail "no sanity-check correlations printed"
 
-    for f in per_class.csv analysis.h5 report.html; do
+    for f in per_class.csv analysis.h5 report.html explorer.html explorer/index.js; do
         [ -s "$run/$f" ] || fail "$run/$f not written"
     done
     for e in "${expected_pngs[@]}"; do
@@ -201,6 +205,50 @@ report)
     grep -q '<p id="probe">images=29 broken=29</p>' <<< "$dom" ||
         fail "the probe did not notice broken images"
     echo "ok: report.html renders and its 29 images load"
+    ;;
+
+explorer)
+    # explorer.html: its files, then tests/explorer/explorer_test.mjs clicks
+    # through it and a comparison's in Chromium; what it showed is checked
+    # against analysis.h5.
+    [ -s "$run/explorer.html" ] || fail "$run/explorer.html missing (the viz_run test makes it)"
+    here=$(cd "$(dirname "$0")" && pwd)
+    command -v node > /dev/null || fail "node not found (tools/install-deps.sh installs it)"
+    [ -d "$here/explorer/node_modules/puppeteer-core" ] ||
+        fail "puppeteer-core is not installed in tests/explorer (tools/install-deps.sh installs it)"
+    sheets=$(find "$run/explorer" -maxdepth 1 -name 'thumbs_*.png' | wc -l)
+    [ "$sheets" -eq 20 ] || fail "$sheets thumbnail sheets, expected 20 (500 of 10,000 images each)"
+    "$check" png "$run/explorer/thumbs_00.png" 800 640 || fail "thumbnail sheet"
+    details=$(find "$run/explorer/a" -name '*.js' | wc -l)
+    [ "$details" -eq 100 ] || fail "$details detail images, expected 100 (--explorer-images default)"
+    out=$work/explorer
+    rm -rf "$out"
+    # B: another architecture, half the width and one block fewer
+    train_run "$out/small" --set "model.layers=conv2d out=8 kernel=3 padding=1; relu; maxpool2d kernel=2; conv2d out=16 kernel=3 padding=1; relu; maxpool2d kernel=4; flatten; linear out=10"
+    "$viz" --quiet --run "$out/small" --images 0 --explorer-images 0
+    "$viz" --quiet --compare "$run" "$out/small" --out "$out/compare" --images 0 --ig-steps 4 \
+        --smoothgrad-samples 2 --actmax-steps 8 --explorer-images 40
+    for s in a b; do
+        n=$(find "$out/compare/explorer/$s" -name '*.js' | wc -l)
+        [ "$n" -eq 40 ] || fail "--compare --explorer-images 40: $n detail images of run $s"
+    done
+    (cd "$here/explorer" && timeout 240 node explorer_test.mjs "$run/explorer.html" \
+        "$out/compare/explorer.html" "$out/screenshots") || fail "the browser test failed"
+    shown=$out/screenshots/shown.txt
+    [ "$(wc -l < "$shown")" -eq 4 ] || fail "$shown: expected 4 lines"
+    while read -r page slot index cls prob; do
+        if [ "$page" = count ]; then
+            "$check" count "$run/analysis.h5" "$slot" "$index" || fail "the filtered count"
+        else
+            h5=$run/analysis.h5
+            [ "$slot" = b ] && h5=$out/small/analysis.h5
+            "$check" shown "$h5" "$index" "$cls" "$prob" || fail "$page page, run $slot"
+        fi
+    done < "$shown"
+    for f in "$out"/screenshots/*.png; do
+        "$check" png-min "$f" 1400 1000 || fail "screenshot $f"
+    done
+    echo "ok: explorer.html clicked through in Chromium; what it showed matches analysis.h5"
     ;;
 
 errors)

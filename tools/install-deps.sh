@@ -20,3 +20,12 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}"
+
+# The explorer's browser test (tests/explorer): Node.js (Debian's if the
+# machine has none) and puppeteer-core at the version package-lock.json pins;
+# it drives the chromium above and downloads no browser.
+if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
+    $sudo apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+root=$(cd "$(dirname "$0")/.." && pwd)
+npm ci --prefix "$root/tests/explorer" --no-audit --no-fund --loglevel=error

@@ -26,7 +26,8 @@ const char *const VIZ_METHOD_SHORT[VIZ_N_METHODS] = {
 void viz_attr_defaults(viz_attr_opts *o)
 {
     *o = (viz_attr_opts){.ig_steps = 32, .blur_sigma = 4.0, .sg_noise = 0.15, .sg_samples = 16,
-                         .occ_patch = 8, .occ_stride = 4, .seed = 1, .actmax_steps = 128};
+                         .occ_patch = 8, .occ_stride = 4, .seed = 1, .actmax_steps = 128,
+                         .explorer_images = VIZ_EXPLORER_DETAILS};
 }
 
 static size_t input_len(const cfx_model *m, int n)

@@ -29,6 +29,8 @@ extern const char *const VIZ_METHOD_KEY[VIZ_N_METHODS];   /* "saliency", ... */
 extern const char *const VIZ_METHOD_LABEL[VIZ_N_METHODS]; /* "Integrated Gradients (black)" */
 extern const char *const VIZ_METHOD_SHORT[VIZ_N_METHODS]; /* "IG black": table columns */
 
+#define VIZ_EXPLORER_DETAILS 100 /* default --explorer-images */
+
 /* The methods' settings (cfx-viz flags). */
 typedef struct {
     int ig_steps;        /* --ig-steps: points of the path integral (midpoint rule) */
@@ -39,6 +41,7 @@ typedef struct {
     int occ_stride;      /* --occlusion-stride */
     uint64_t seed;       /* SmoothGrad's noise */
     int actmax_steps;    /* --actmax-steps: activation maximisation (featvis.h) */
+    int explorer_images; /* --explorer-images: detail images of explorer.html (explorer.h) */
     /* called after each step of the sanity check (NULL: nothing) */
     void (*progress)(void *ctx, int done, int total);
     void *progress_ctx;

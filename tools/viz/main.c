@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "cfx/train.h" /* defines: cfx_blas_select_kernels, cfx_blas_core, exit codes */
+#include "explorer.h"  /* defines: viz_write_explorer */
 #include "figures.h"   /* defines: viz_out, viz_fig_* */
 #include "run.h"       /* defines: viz_run, viz_run_load, viz_run_compute */
 #include "store.h"     /* defines: viz_store_analysis, viz_write_report */
@@ -34,16 +35,19 @@ static void usage(FILE *out)
             "               [--smoothgrad-noise F] [--smoothgrad-samples N]\n"
             "               [--occlusion-patch N] [--occlusion-stride N]\n"
             "               [--layers LIST] [--channel-stat mean|max] [--actmax-steps N]\n"
+            "               [--explorer-images N]\n"
             "       cfx-viz --compare RUN_A RUN_B [--out DIR] [the options above]\n"
             "\n"
             "Draws every figure of a cfx-train run from OUTPUT_DIR/checkpoints/best.h5 and\n"
             "OUTPUT_DIR/logs/metrics.h5 and writes them under OUTPUT_DIR: plots/, featuremaps/,\n"
-            "per_class.csv, analysis.h5 (the numbers) and report.html (everything on one page).\n"
+            "per_class.csv, analysis.h5 (the numbers), report.html (everything on one page) and\n"
+            "explorer.html (every test image, filtered and opened one by one, offline).\n"
             "\n"
             "options:\n"
             "  --run DIR          the run's output directory (output.dir of its config)\n"
             "  --compare A B      two runs side by side (any two architectures): compare.html,\n"
-            "                     compare.h5 and plots/ under --out (default: compare)\n"
+            "                     compare.h5, explorer.html and plots/ under --out (default:\n"
+            "                     compare)\n"
             "  --data DIR         CIFAR-10 binary folder (default: data.dir of the checkpoint)\n"
             "  --images LIST      test images to explain, e.g. 0,1,3 (default: the first %d\n"
             "                     test images of distinct classes; at most %d); the feature\n"
@@ -60,13 +64,16 @@ static void usage(FILE *out)
             "                     or index (default: every conv2d)\n"
             "  --channel-stat S   rank a channel's images by its mean (default) or max activation\n"
             "  --actmax-steps N   activation maximisation: gradient steps (default 128)\n"
+            "  --explorer-images N  test images whose attribution and feature maps\n"
+            "                     explorer.html shows, spread over true classes and right or\n"
+            "                     wrong predictions (default %d; 0 to %d)\n"
             "  --quiet            print only errors\n"
             "  --version, --help\n"
             "\n"
             "environment: CFX_BLAS_THREADS=N sets the OpenBLAS threads (default: all cores)\n"
             "\n"
             "exit codes: 0 success, 1 missing/bad files or I/O error, 2 bad command line\n",
-            VIZ_DEFAULT_IMAGES, VIZ_MAX_IMAGES);
+            VIZ_DEFAULT_IMAGES, VIZ_MAX_IMAGES, VIZ_EXPLORER_DETAILS, VIZ_EXPLORER_MAX_DETAILS);
 }
 
 /* Creates dir/sub and checks that it can be written. */
@@ -105,7 +112,8 @@ static int attribution_flag(int argc, char **argv, int *i, viz_attr_opts *o)
         int integer;
     } flags[] = {{"--ig-steps", 1, 4096, 1},         {"--smoothgrad-noise", 0, 10, 0},
                  {"--smoothgrad-samples", 1, 4096, 1}, {"--occlusion-patch", 1, 32, 1},
-                 {"--occlusion-stride", 1, 32, 1},    {"--actmax-steps", 1, 10000, 1}};
+                 {"--occlusion-stride", 1, 32, 1},    {"--actmax-steps", 1, 10000, 1},
+                 {"--explorer-images", 0, VIZ_EXPLORER_MAX_DETAILS, 1}};
     for (int k = 0; k < (int)(sizeof flags / sizeof flags[0]); k++) {
         if (strcmp(argv[*i], flags[k].flag) != 0)
             continue;
@@ -126,8 +134,10 @@ static int attribution_flag(int argc, char **argv, int *i, viz_attr_opts *o)
             o->occ_patch = (int)v;
         else if (k == 4)
             o->occ_stride = (int)v;
-        else
+        else if (k == 5)
             o->actmax_steps = (int)v;
+        else
+            o->explorer_images = (int)v;
         return 1;
     }
     return 0;
@@ -182,6 +192,9 @@ static int compare_mode(const char *run_a, const char *run_b, const char *out_di
         code = CFX_EXIT_FAILURE;
     }
     if (code == CFX_EXIT_OK && viz_compare(&a, &b, out_dir, fmt, quiet, &err) != 0)
+        code = CFX_EXIT_FAILURE;
+    viz_run *runs[2] = {&a, &b};
+    if (code == CFX_EXIT_OK && viz_write_explorer(runs, 2, out_dir, attr->explorer_images, &err))
         code = CFX_EXIT_FAILURE;
     if (code == CFX_EXIT_OK && !quiet)
         printf("cfx-viz --compare: %.2f s\n", cfx_now() - t0);
@@ -368,15 +381,20 @@ int main(int argc, char **argv)
     if (viz_write_report(&r, &out, path, cfx_now() - t0, &err) != 0)
         goto fail;
     t_files = cfx_now() - t_files;
+    double t_explorer = cfx_now();
+    viz_run *runs[1] = {&r};
+    if (viz_write_explorer(runs, 1, r.run_dir, attr.explorer_images, &err) != 0)
+        goto fail;
+    t_explorer = cfx_now() - t_explorer;
     if (!quiet)
-        printf("cfx-viz: %d figures, per_class.csv, analysis.h5 and report.html in %s/ in %.2f s "
-               "(load %.2f, test set and channel statistics %.2f, feature maps and IG check "
-               "%.2f, %d methods at %d sanity steps %.2f, PCA %.2f, activation maximisation "
-               "%.2f, "
-               "drawing %.2f, analysis.h5 + report %.2f)\n",
+        printf("cfx-viz: %d figures, per_class.csv, analysis.h5, report.html and explorer.html "
+               "in %s/ in %.2f s (load %.2f, test set and channel statistics %.2f, feature maps "
+               "and IG check %.2f, %d methods at %d sanity steps %.2f, PCA %.2f, activation "
+               "maximisation %.2f, drawing %.2f, analysis.h5 + report %.2f, explorer with %d "
+               "images' maps %.2f)\n",
                out.n, r.run_dir, cfx_now() - t0, r.t_load, r.t_eval, r.t_explain, VIZ_N_METHODS,
-               r.sanity.n_steps, r.t_sanity, r.t_embedding, r.t_actmax,
-               t_draw, t_files);
+               r.sanity.n_steps, r.t_sanity, r.t_embedding, r.t_actmax, t_draw, t_files,
+               attr.explorer_images, t_explorer);
     code = CFX_EXIT_OK;
 fail:
     if (code != CFX_EXIT_OK)

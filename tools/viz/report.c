@@ -28,7 +28,22 @@ void viz_html_escaped(FILE *fp, const char *s)
     }
 }
 
-static void put_base64(FILE *fp, const unsigned char *d, size_t n)
+void viz_json_string(FILE *fp, const char *s)
+{
+    fputc('"', fp);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(fp, "\\%c", c);
+        else if (c < 0x20 || c == '<') /* '<': no "</script>" inside a script */
+            fprintf(fp, "\\u%04x", c);
+        else
+            fputc(c, fp);
+    }
+    fputc('"', fp);
+}
+
+void viz_put_base64(FILE *fp, const unsigned char *d, size_t n)
 {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     char out[4];
@@ -52,7 +67,7 @@ static void figure(FILE *fp, const viz_item *it)
     viz_html_escaped(fp, it->title);
     fprintf(fp, "\" width=\"%d\" height=\"%d\" src=\"data:%s;base64,", it->width, it->height,
             it->mime);
-    put_base64(fp, it->data, it->len);
+    viz_put_base64(fp, it->data, it->len);
     fputs("\">\n<figcaption><b>", fp);
     viz_html_escaped(fp, it->title);
     fputs("</b> — ", fp);
@@ -105,7 +120,10 @@ void viz_html_head(FILE *fp, const char *title, const char *what)
     fprintf(fp, "</title>\n<style>\n%s</style>\n</head>\n<body>\n<h1>", STYLE);
     viz_html_escaped(fp, title);
     viz_html_escaped(fp, what);
-    fputs("</h1>\n", fp);
+    fputs("</h1>\n<p><a id=\"explorer-link\" href=\"explorer.html\">Open the explorer</a>: "
+          "every test image, filtered by class, prediction and confidence, each with its "
+          "probabilities, attribution maps, feature maps and the channels' top images.</p>\n",
+          fp);
 }
 
 void viz_html_sanity_table(FILE *fp, const viz_run *r, const char *id)

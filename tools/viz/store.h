@@ -19,13 +19,17 @@ int viz_write_report(const viz_run *r, const viz_out *o, const char *path, doubl
                      cfx_error *err);
 
 /* Pieces of cfx-viz's pages (report.html, compare.html): the head with the
- * style sheet and the <h1> title + what; every figure of section sec,
- * embedded; text with HTML's special characters escaped; the sanity
- * check's Spearman table of a run. */
+ * style sheet, the <h1> title + what and the link to explorer.html; every
+ * figure of section sec, embedded; text with HTML's special characters
+ * escaped; the sanity check's Spearman table of a run. */
 void viz_html_head(FILE *fp, const char *title, const char *what);
 void viz_html_section(FILE *fp, const viz_out *o, int sec);
 void viz_html_escaped(FILE *fp, const char *s);
 void viz_html_sanity_table(FILE *fp, const viz_run *r, const char *id);
+/* s as a JSON string literal (quotes, backslashes, control characters and
+ * '<' escaped); n bytes as base64. */
+void viz_json_string(FILE *fp, const char *s);
+void viz_put_base64(FILE *fp, const unsigned char *d, size_t n);
 
 /* cfx-viz --compare RUN_A RUN_B: compare.c */
 int viz_compare(viz_run *a, viz_run *b, const char *out_dir, viz_format fmt, int quiet,
