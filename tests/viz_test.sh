@@ -122,7 +122,8 @@ residual)
     out=$work/resnet
     rm -rf "$out"
     train_run "$out"
-    "$viz" --run "$out" --images 0,1,2 | tee "$work/viz-resnet.out"
+    # (explorer.html has its own test: a few detail images here)
+    "$viz" --run "$out" --images 0,1,2 --explorer-images 8 | tee "$work/viz-resnet.out"
     # 15 plots, 6 channel grids (one per conv2d), activation maximisation, the
     # embedding and the 20 layers with spatial outputs (conv1 ... the global average pool)
     grep -Eq "^cfx-viz: 43 figures," "$work/viz-resnet.out" || fail "cfx-viz figure count"
@@ -134,7 +135,7 @@ residual)
     [ "$(cam_layer)" = 18 ] || fail "default Grad-CAM layer $(cam_layer), expected 18 (layer2.0)"
     grep -q "layer2.0.downsample.1 BatchNorm2d" "$work/viz-resnet.out" ||
         fail "the sanity check did not re-initialise layer2.0.downsample.1"
-    "$viz" --quiet --run "$out" --images 0,1,2 --layer layer1.0.bn2
+    "$viz" --quiet --run "$out" --images 0,1,2 --layer layer1.0.bn2 --explorer-images 0
     [ "$(cam_layer)" = 7 ] || fail "--layer layer1.0.bn2: Grad-CAM layer $(cam_layer), expected 7"
     echo "ok: cfx-viz draws the residual network"
 
@@ -146,12 +147,13 @@ residual)
     h5dump -a /layers "$work/long/checkpoints/last.h5" > "$work/long.attr"
     stored=$(grep -o 'activation_[0-9]*' "$work/long.attr" | sort -u | wc -l)
     [ "$stored" -eq 150 ] || fail "the checkpoint's layers attribute holds $stored of 150 layers"
-    "$viz" --quiet --run "$work/long" --images 0 || fail "cfx-viz on a 153-layer model"
+    "$viz" --quiet --run "$work/long" --images 0 --explorer-images 8 ||
+        fail "cfx-viz on a 153-layer model"
     echo "ok: a ${#long}-character layer list is stored whole"
 
     # Two architectures side by side: the residual network and the long one.
     "$viz" --compare "$out" "$work/long" --out "$work/compare" --images 0,1 --ig-steps 4 \
-        --smoothgrad-samples 2 --actmax-steps 8 | tee "$work/cmp.out"
+        --smoothgrad-samples 2 --actmax-steps 8 --explorer-images 8 | tee "$work/cmp.out"
     for f in compare.html compare.h5 plots/compare_accuracy.png plots/compare_confusion.png \
         plots/compare_per_class.png plots/agreement.png plots/compare_attributions.png \
         run_a/plots/sanity_randomization.png run_b/plots/sanity_randomization.png; do
@@ -297,6 +299,10 @@ errors)
     expect_error 2 "not a comma-separated list" --run "$run" --images 1,x
     expect_error 2 "not png, svg or pdf" --run "$run" --format gif
     expect_error 2 "unknown or incomplete option" --run "$run" --bogus
+    expect_error 2 "not a whole number from 0 to 10000" --run "$run" --explorer-images 20000
+    d=$(copy explorer-blocked)
+    touch "$d/explorer" # a file where the explorer's directory must go
+    expect_error 1 "explorer" --run "$d" --data "$data"
     d=$(copy unwritable)
     touch "$d/plots" # a file where the directory must go
     expect_error 1 "plots" --run "$d" --data "$data"
@@ -310,7 +316,8 @@ errors)
     # other formats: the same figures as SVG and PDF
     for fmt in svg pdf; do
         d=$(copy "format-$fmt")
-        "$viz" --quiet --run "$d" --data "$data" --format "$fmt" || fail "--format $fmt"
+        "$viz" --quiet --run "$d" --data "$data" --format "$fmt" --ig-steps 4 --smoothgrad-samples 2 \
+            --actmax-steps 8 --explorer-images 0 || fail "--format $fmt"
         n=$(find "$d/plots" "$d/featuremaps" -name "*.$fmt" | wc -l)
         [ "$n" -eq 29 ] || fail "--format $fmt: $n .$fmt files, expected 29"
         head -c 5 "$d/plots/confusion_matrix.$fmt" | grep -Eq '^(<\?xml|<svg|%PDF-)' ||

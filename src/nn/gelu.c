@@ -3,7 +3,8 @@
  * Phi comes from erfc by the Chebyshev fit of Numerical Recipes' erfcc
  * (relative error < 1.2e-7 for every argument, so Phi(x) of large negative x
  * keeps its relative accuracy) and a branch-free expf, so the loops vectorise
- * (built without FMA contraction, so every clone gives the same bits):
+ * (built without FMA contraction, so every clone gives the same bits, and
+ * without trapping math, so the selects vectorise on AVX2 too):
  * libm's erff is a call per element and made GELU a sixth of a fast.ini step. */
 #include <stdint.h>
 #include <string.h>

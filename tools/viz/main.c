@@ -337,7 +337,7 @@ int main(int argc, char **argv)
         goto fail;
     }
     if (out_dir(r.run_dir, "", &err) != 0 || out_dir(r.run_dir, "plots", &err) != 0 ||
-        out_dir(r.run_dir, "featuremaps", &err) != 0)
+        out_dir(r.run_dir, "featuremaps", &err) != 0 || out_dir(r.run_dir, "explorer", &err) != 0)
         goto fail;
     if (viz_run_compute(&r, &err) != 0)
         goto fail;
