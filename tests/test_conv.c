@@ -362,12 +362,12 @@ static void test_direct_threads(void **state)
     fill(in, z.in, -1, 1), fill(w, z.w, -1, 1), fill(b, s.OC, -1, 1), fill(dout, z.out, -1, 1);
     for (int r = 0; r < 2; r++) {
         out[r] = falloc(z.out), din[r] = falloc(z.in), dw[r] = falloc(z.w);
-        cfx_conv2d_set_threads(r == 0 ? 1 : 3);
+        cfx_set_threads(r == 0 ? 1 : 3);
         cfx_conv2d_relu_forward(out[r], NULL, in, w, b, s.N, s.C, s.H, s.W, s.OC, s.K, s.S, s.P);
         cfx_conv2d_backward(din[r], dw[r], db[r], NULL, NULL, dout, in, w, s.N, s.C, s.H, s.W, s.OC,
                             s.K, s.S, s.P);
     }
-    cfx_conv2d_set_threads(1);
+    cfx_set_threads(1);
     assert_memory_equal(out[0], out[1], z.out * sizeof(float));
     assert_memory_equal(din[0], din[1], z.in * sizeof(float));
     assert_memory_equal(dw[0], dw[1], z.w * sizeof(float));

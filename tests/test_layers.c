@@ -795,6 +795,80 @@ static void test_dirac_init(void **state)
     cfx_model_free(&m);
 }
 
+/* Runs one pass of the kernels split over cfx_threads() into out[0..7). */
+static void threaded_passes(float *const *out, const float *x, const float *dy, int C, int N, int H,
+                            int W)
+{
+    const size_t NHW = (size_t)N * H * W, n = (size_t)C * NHW;
+    double sums[2][64] = {{0}}, mean[64], invstd[64], a[64], b[64];
+    cfx_batchnorm_sums(sums[0], x, NULL, C, NHW);
+    for (int c = 0; c < C; c++)
+        mean[c] = sums[0][c] / (double)NHW;
+    cfx_batchnorm_sums(sums[1], x, mean, C, NHW);
+    for (int c = 0; c < C; c++)
+        invstd[c] = 1.0 / sqrt(sums[1][c] / (double)NHW + 1e-5);
+    cfx_batchnorm_apply(out[0], x, mean, invstd, NULL, NULL, C, NHW);
+    cfx_batchnorm_grad_sums(a, b, dy, x, mean, invstd, C, NHW);
+    cfx_batchnorm_input_grad(out[1], dy, x, mean, invstd, NULL, a, b, C, NHW);
+    cfx_gelu_forward(out[2], x, n);
+    cfx_gelu_backward(out[3], dy, x, n);
+    cfx_relu_backward(out[4], dy, x, n);
+    cfx_maxpool_forward(out[5], x, C * N, H, W, 3, 2);
+    cfx_maxpool_backward(out[6], dy, x, C * N, H, W, 3, 2);
+    memcpy(out[7], sums, sizeof sums); /* the statistics themselves */
+}
+
+/* BatchNorm, GELU, ReLU and max-pool split over 3 threads give bitwise the
+ * results of 1 thread; the im2col convolution's SGEMM, split over the
+ * columns, agrees with one thread's to rounding. */
+static void test_threads_split(void **state)
+{
+    (void)state;
+    enum { C = 24, N = 9, H = 31, W = 31, OC = 40, K = 3 };
+    const size_t n = (size_t)C * N * H * W;
+    float *x = falloc(n), *dy = falloc(n), *w = falloc((size_t)OC * C * K * K);
+    cfx_rng_seed(&rng, 21);
+    fill(x, n, -2, 2), fill(dy, n, -1, 1), fill(w, (size_t)OC * C * K * K, -0.2f, 0.2f);
+    float *out[2][8], *conv[2][3];
+    const size_t n_conv[3] = {(size_t)OC * N * H * W, n, (size_t)OC * C * K * K};
+    float *dconv = falloc(n_conv[0]);
+    fill(dconv, n_conv[0], -1, 1);
+    const size_t col = (size_t)C * K * K * N * H * W;
+    float *colbuf = falloc(col), *dcolbuf = falloc(col);
+    for (int r = 0; r < 2; r++) {
+        cfx_set_threads(r == 0 ? 1 : 3);
+        for (int k = 0; k < 8; k++)
+            out[r][k] = falloc(n);
+        threaded_passes(out[r], x, dy, C, N, H, W);
+        for (int k = 0; k < 3; k++)
+            conv[r][k] = falloc(n_conv[k]);
+        cfx_conv2d_forward(conv[r][0], colbuf, x, w, NULL, N, C, H, W, OC, K, 1, 1);
+        cfx_conv2d_backward(conv[r][1], conv[r][2], NULL, colbuf, dcolbuf, dconv, x, w, N, C, H, W,
+                            OC, K, 1, 1);
+    }
+    cfx_set_threads(1);
+    const size_t pooled = (size_t)C * N * 15 * 15, bytes[8] = {n, n, n, n, n, pooled, n, 0};
+    for (int k = 0; k < 7; k++)
+        assert_memory_equal(out[0][k], out[1][k], bytes[k] * sizeof(float));
+    assert_memory_equal(out[0][7], out[1][7], 2 * 64 * sizeof(double));
+    for (int k = 0; k < 3; k++) { /* to rounding of the largest (sums cancel) */
+        float largest = 0.0f;
+        for (size_t i = 0; i < n_conv[k]; i++)
+            largest = fmaxf(largest, fabsf(conv[0][k][i]));
+        for (size_t i = 0; i < n_conv[k]; i++)
+            if (!(fabsf(conv[0][k][i] - conv[1][k][i]) <= 1e-5f * largest))
+                fail_msg("conv pass %d, element %zu: %g on 1 thread, %g on 3", k, i, conv[0][k][i],
+                         conv[1][k][i]);
+    }
+    for (int r = 0; r < 2; r++) {
+        for (int k = 0; k < 8; k++)
+            free(out[r][k]);
+        for (int k = 0; k < 3; k++)
+            free(conv[r][k]);
+    }
+    free(x), free(dy), free(w), free(dconv), free(colbuf), free(dcolbuf);
+}
+
 /* identity=true: the default init, then filters 0..2 pass input channels
  * 0..2 through; filter 3 keeps its random (non-zero) weights. */
 static void test_identity_init(void **state)
@@ -883,6 +957,7 @@ int main(void)
         cmocka_unit_test(test_residual_grad),
         cmocka_unit_test(test_dirac_init),
         cmocka_unit_test(test_identity_init),
+        cmocka_unit_test(test_threads_split),
         cmocka_unit_test(test_whiten_init),
     };
     /* clang-format on */

@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
     build-essential cmake pkg-config git
     libopenmpi-dev openmpi-bin
-    libopenblas-dev
+    libopenblas-dev libopenblas-openmp-dev
     libhdf5-dev hdf5-tools
     libinih-dev libcmocka-dev
     libcairo2-dev libpango1.0-dev fonts-dejavu-core chromium

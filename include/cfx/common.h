@@ -45,6 +45,36 @@ int cfx_write_file_atomic(const char *path, const void *data, size_t size, cfx_e
 #define CFX_SIMD_CLONES
 #endif
 
+/* Threads of cfx's own loops (OpenMP; OpenBLAS built on OpenMP shares the
+ * pool). Set once with the BLAS threads; 1 until then. Every loop split
+ * over them computes each output on one thread in a fixed order, so the
+ * bits do not depend on the thread count. */
+void cfx_set_threads(int n);
+int cfx_threads(void);
+
+/* Runs the for loop that follows on cfx_threads() OpenMP threads when cond
+ * holds (use it to keep small loops on one thread). */
+#ifdef _OPENMP
+#define CFX_PRAGMA(x) _Pragma(#x)
+#define CFX_PARALLEL_FOR_IF(cond)                                                                  \
+    CFX_PRAGMA(omp parallel for schedule(static) num_threads(cfx_threads()) if (cond))
+#else
+#define CFX_PARALLEL_FOR_IF(cond)
+#endif
+/* Element counts below this stay on one thread. */
+#define CFX_PARALLEL_MIN 32768
+/* How many blocks to split n elements into: one per thread, or 1 when small. */
+int cfx_blocks(size_t n);
+/* Start of block b of `blocks` over n elements (multiples of 16 floats, so
+ * two threads never write one cache line); block `blocks` starts at n. */
+size_t cfx_block_start(size_t n, int blocks, int b);
+
+/* An element-wise kernel over n elements: out[i] from a[i] (and b[i]). */
+typedef void (*cfx_elementwise_fn)(float *out, const float *a, const float *b, size_t n);
+/* Runs f over [0, n) in cfx_blocks(n) blocks on cfx_threads() (b may be NULL). */
+void cfx_parallel_elementwise(cfx_elementwise_fn f, float *out, const float *a, const float *b,
+                              size_t n);
+
 /* Sum of x[0..n) in double precision (8 lanes the compiler vectorises). */
 double cfx_sum(const float *x, size_t n);
 

@@ -14,6 +14,7 @@
 #ifndef CFX_NN_H
 #define CFX_NN_H
 
+#include <cblas.h> /* defines: CBLAS_TRANSPOSE */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +28,13 @@ static inline int cfx_window_out(int in, int kernel, int stride, int padding)
 {
     return (in + 2 * padding - kernel) / stride + 1;
 }
+
+/* C = alpha op(A) op(B) + beta C (row-major, as cblas_sgemm), split over the
+ * columns of C on cfx_threads(): each part is one single-threaded OpenBLAS
+ * call, so the bits do not depend on the thread count. Every layer's SGEMM
+ * goes through it; OpenBLAS itself stays at one thread (cfx_blas_setup). */
+void cfx_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* col[C*K*K][N*OH*OW] from in[C][N][H][W] (zeros outside the image). */
 void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, int stride, int pad,
@@ -86,9 +94,6 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
 int cfx_conv2d_direct_usable(int N, int H, int W, int K, int stride, int pad);
 /* Turns the direct kernels on (if the CPU has AVX-512) or off; returns whether on. */
 int cfx_conv2d_use_direct(int on);
-/* Threads the direct kernels use (default 1; cfx-train sets its BLAS thread
- * count). Any count gives bitwise the same results. Needs OpenMP at build time. */
-void cfx_conv2d_set_threads(int n);
 /* out = conv(in) + bias (bias may be NULL), then ReLU if relu. 0 or -1 (no memory). */
 int cfx_conv2d_direct_forward(float *out, const float *in, const float *weight, const float *bias,
                               int N, int C, int H, int W, int OC, int K, int relu);

@@ -25,10 +25,15 @@ enum {
  * MPI_Init. Set CFX_KEEP_BLAS_CORE=1 to disable. */
 void cfx_blas_select_kernels(char **argv);
 
-/* Sets the OpenBLAS threads of this rank: runtime.blas_threads if set, else
- * $CFX_BLAS_THREADS, else cores of the node / ranks on the node. */
+/* Sets the threads of this rank (cfx_set_threads): runtime.blas_threads if
+ * set, else $CFX_BLAS_THREADS, else cores of the node / ranks on the node.
+ * OpenBLAS itself is set to one thread: cfx_sgemm splits the work. */
 int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d);
 const char *cfx_blas_core(void);
+/* How the linked OpenBLAS threads: "OpenMP" (one pool with cfx's own
+ * loops), "pthreads" (a second pool) or "sequential". */
+const char *cfx_blas_threading(void);
+/* The threads cfx_blas_setup set (cfx_threads()). */
 int cfx_blas_threads(void);
 
 typedef struct {

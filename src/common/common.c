@@ -94,6 +94,32 @@ CFX_SIMD_CLONES double cfx_sum(const float *x, size_t n)
     return s;
 }
 
+static int thread_count = 1;
+
+void cfx_set_threads(int n) { thread_count = n > 1 ? n : 1; }
+
+int cfx_threads(void) { return thread_count; }
+
+int cfx_blocks(size_t n) { return n >= CFX_PARALLEL_MIN ? thread_count : 1; }
+
+size_t cfx_block_start(size_t n, int blocks, int b)
+{
+    if (b >= blocks)
+        return n;
+    return (n * (size_t)b / (size_t)blocks) & ~(size_t)15;
+}
+
+void cfx_parallel_elementwise(cfx_elementwise_fn f, float *out, const float *a, const float *b,
+                              size_t n)
+{
+    const int blocks = cfx_blocks(n);
+    CFX_PARALLEL_FOR_IF(blocks > 1)
+    for (int k = 0; k < blocks; k++) {
+        size_t lo = cfx_block_start(n, blocks, k), hi = cfx_block_start(n, blocks, k + 1);
+        f(out + lo, a + lo, b ? b + lo : NULL, hi - lo);
+    }
+}
+
 double cfx_now(void)
 {
     struct timespec ts;

@@ -3,7 +3,9 @@
  * them over every rank (sync=false: each rank's own batch, as DDP without
  * SyncBatchNorm); in eval mode the running statistics are used. Sums are
  * accumulated in double, the variance is taken about the mean (two passes);
- * the model adds them up over ranks and chunks (cfx_layer_kind.sums). */
+ * the model adds them up over ranks and chunks (cfx_layer_kind.sums).
+ * Channels are split over cfx_threads(); each channel's sums stay on one
+ * thread, in one order. */
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -12,6 +14,7 @@
 
 void cfx_batchnorm_sums(double *sums, const float *in, const double *mean, int C, size_t NHW)
 {
+    CFX_PARALLEL_FOR_IF(C > 1 && (size_t)C * NHW >= CFX_PARALLEL_MIN)
     for (int c = 0; c < C; c++) {
         const float *x = in + (size_t)c * NHW;
         double s = 0.0;
@@ -30,6 +33,7 @@ void cfx_batchnorm_sums(double *sums, const float *in, const double *mean, int C
 void cfx_batchnorm_apply(float *out, const float *in, const double *mean, const double *invstd,
                          const float *gamma, const float *beta, int C, size_t NHW)
 {
+    CFX_PARALLEL_FOR_IF(C > 1 && (size_t)C * NHW >= CFX_PARALLEL_MIN)
     for (int c = 0; c < C; c++) {
         float scale = (float)invstd[c] * (gamma ? gamma[c] : 1.0f);
         float shift = (beta ? beta[c] : 0.0f) - (float)mean[c] * scale;
@@ -43,6 +47,7 @@ void cfx_batchnorm_apply(float *out, const float *in, const double *mean, const 
 void cfx_batchnorm_grad_sums(double *sdy, double *sdyx, const float *dout, const float *in,
                              const double *mean, const double *invstd, int C, size_t NHW)
 {
+    CFX_PARALLEL_FOR_IF(C > 1 && (size_t)C * NHW >= CFX_PARALLEL_MIN)
     for (int c = 0; c < C; c++) {
         const float *x = in + (size_t)c * NHW, *dy = dout + (size_t)c * NHW;
         double s = 0.0, sx = 0.0;
@@ -59,6 +64,7 @@ void cfx_batchnorm_input_grad(float *din, const float *dout, const float *in, co
                               const double *invstd, const float *gamma, const double *a,
                               const double *b, int C, size_t NHW)
 {
+    CFX_PARALLEL_FOR_IF(C > 1 && (size_t)C * NHW >= CFX_PARALLEL_MIN)
     for (int c = 0; c < C; c++) {
         const float *x = in + (size_t)c * NHW, *dy = dout + (size_t)c * NHW;
         float *dx = din + (size_t)c * NHW;

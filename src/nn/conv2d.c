@@ -1,4 +1,5 @@
-/* 2-D convolution over a whole mini-batch as im2col + one SGEMM. */
+/* 2-D convolution over a whole mini-batch as im2col + one SGEMM, and
+ * cfx_sgemm, the SGEMM every layer uses. */
 #include <cblas.h>
 #include <string.h>
 
@@ -108,10 +109,21 @@ CFX_INLINE_COPIES CFX_SIMD_CLONES static void im2col_range(float *col, const flo
             }
 }
 
+/* im2col_range split over the input channels (each writes its own K*K rows
+ * of col), on cfx_threads(). */
+static void im2col_parallel(float *col, const float *in, int N, int n0, int count, int C, int H,
+                            int W, int K, int stride, int pad, int OH, int OW)
+{
+    const size_t plane = (size_t)N * H * W, rows = (size_t)K * K * count * OH * OW;
+    CFX_PARALLEL_FOR_IF(C > 1 && rows * C >= CFX_PARALLEL_MIN)
+    for (int c = 0; c < C; c++)
+        im2col_range(col + c * rows, in + c * plane, N, n0, count, 1, H, W, K, stride, pad, OH, OW);
+}
+
 void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, int stride, int pad,
                 int OH, int OW)
 {
-    im2col_range(col, in, N, 0, N, C, H, W, K, stride, pad, OH, OW);
+    im2col_parallel(col, in, N, 0, N, C, H, W, K, stride, pad, OH, OW);
 }
 
 /* The adjoint of im2col_range: adds the columns into images [n0, n0 + count). */
@@ -150,10 +162,44 @@ CFX_SIMD_CLONES static void col2im_range(float *in, const float *col, int N, int
             }
 }
 
+/* Images [n0, n0 + count) of in set to the adjoint of im2col of col: zeroed,
+ * then col2im_range, split over the input channels on cfx_threads(). */
+static void col2im_parallel(float *in, const float *col, int N, int n0, int count, int C, int H,
+                            int W, int K, int stride, int pad, int OH, int OW)
+{
+    const size_t plane = (size_t)N * H * W, rows = (size_t)K * K * count * OH * OW;
+    CFX_PARALLEL_FOR_IF(C > 1 && rows * C >= CFX_PARALLEL_MIN)
+    for (int c = 0; c < C; c++) {
+        memset(in + c * plane + (size_t)n0 * H * W, 0, (size_t)count * H * W * sizeof *in);
+        col2im_range(in + c * plane, col + c * rows, N, n0, count, 1, H, W, K, stride, pad, OH, OW);
+    }
+}
+
 void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, int stride, int pad,
                 int OH, int OW)
 {
     col2im_range(in, col, N, 0, N, C, H, W, K, stride, pad, OH, OW);
+}
+
+/* Columns below which an SGEMM stays whole, on one thread. */
+#define SGEMM_MIN_PART_COLS 64
+
+void cfx_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    int parts = cfx_threads();
+    if ((double)M * N * K < 4.0 * CFX_PARALLEL_MIN * CFX_PARALLEL_MIN / 1024)
+        parts = 1; /* under ~4 MFLOP the split costs more than it gains */
+    if (parts > N / SGEMM_MIN_PART_COLS)
+        parts = N / SGEMM_MIN_PART_COLS > 1 ? N / SGEMM_MIN_PART_COLS : 1;
+    CFX_PARALLEL_FOR_IF(parts > 1)
+    for (int p = 0; p < parts; p++) {
+        int j0 = (int)cfx_block_start((size_t)N, parts, p);
+        int j1 = (int)cfx_block_start((size_t)N, parts, p + 1);
+        const float *Bp = tb == CblasNoTrans ? B + j0 : B + (size_t)j0 * ldb;
+        cblas_sgemm(CblasRowMajor, ta, tb, M, j1 - j0, K, alpha, A, lda, Bp, ldb, beta, C + j0,
+                    ldc);
+    }
 }
 
 int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW)
@@ -167,22 +213,26 @@ int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW)
     return chunk < N ? chunk : N;
 }
 
+/* Adds b to the cols floats of row, then the ReLU if asked. */
+CFX_SIMD_CLONES static void add_bias_row(float *row, float b, int cols, int relu)
+{
+    if (relu)
+        for (int j = 0; j < cols; j++)
+            row[j] = row[j] + b > 0.0f ? row[j] + b : 0.0f;
+    else
+        for (int j = 0; j < cols; j++)
+            row[j] += b;
+}
+
 /* Adds bias[oc] (none if bias is NULL) to row oc of out (rows ld apart),
  * then the ReLU if asked. */
-CFX_SIMD_CLONES static void add_bias(float *out, const float *bias, int OC, int cols, int ld,
-                                     int relu)
+static void add_bias(float *out, const float *bias, int OC, int cols, int ld, int relu)
 {
     if (!bias && !relu)
         return;
-    for (int oc = 0; oc < OC; oc++) {
-        float b = bias ? bias[oc] : 0.0f, *row = out + (size_t)oc * ld;
-        if (relu)
-            for (int j = 0; j < cols; j++)
-                row[j] = row[j] + b > 0.0f ? row[j] + b : 0.0f;
-        else
-            for (int j = 0; j < cols; j++)
-                row[j] += b;
-    }
+    CFX_PARALLEL_FOR_IF(OC > 1 && (size_t)OC * cols >= CFX_PARALLEL_MIN)
+    for (int oc = 0; oc < OC; oc++)
+        add_bias_row(out + (size_t)oc * ld, bias ? bias[oc] : 0.0f, cols, relu);
 }
 
 static void conv2d_forward(float *out, float *col, const float *in, const float *weight,
@@ -197,10 +247,10 @@ static void conv2d_forward(float *out, float *col, const float *in, const float 
     const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW);
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
-        im2col_range(col, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
+        im2col_parallel(col, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
         float *o = out + (size_t)n0 * ohw;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, cols, ckk, 1.0f, weight, ckk,
-                    col, cols, 0.0f, o, ld);
+        cfx_sgemm(CblasNoTrans, CblasNoTrans, OC, cols, ckk, 1.0f, weight, ckk, col, cols, 0.0f, o,
+                  ld);
         add_bias(o, bias, OC, cols, ld, relu);
     }
 }
@@ -231,7 +281,8 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
             memset(dbias, 0, (size_t)OC * sizeof *dbias);
         return;
     }
-    for (int oc = 0; oc < OC && dbias; oc++)
+    CFX_PARALLEL_FOR_IF(dbias && (size_t)OC * ld >= CFX_PARALLEL_MIN)
+    for (int oc = 0; oc < (dbias ? OC : 0); oc++)
         dbias[oc] = (float)cfx_sum(dout + (size_t)oc * ld, (size_t)ld);
     if (cfx_conv2d_direct_usable(N, H, W, K, stride, pad) &&
         cfx_conv2d_direct_weight_grad(dweight, dout, in, N, C, H, W, OC, K) == 0 &&
@@ -241,16 +292,14 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
     for (int n0 = 0; n0 < N; n0 += chunk) {
         int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
         const float *d = dout + (size_t)n0 * ohw;
-        im2col_range(col, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, d, ld, col, cols,
-                    n0 == 0 ? 0.0f : 1.0f, dweight, ckk);
+        im2col_parallel(col, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
+        cfx_sgemm(CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, d, ld, col, cols,
+                  n0 == 0 ? 0.0f : 1.0f, dweight, ckk);
         if (!din)
             continue;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ckk, cols, OC, 1.0f, weight, ckk, d,
-                    ld, 0.0f, dcol, cols);
-        for (int c = 0; c < C; c++)
-            memset(din + ((size_t)c * N + n0) * H * W, 0, (size_t)cn * H * W * sizeof *din);
-        col2im_range(din, dcol, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
+        cfx_sgemm(CblasTrans, CblasNoTrans, ckk, cols, OC, 1.0f, weight, ckk, d, ld, 0.0f, dcol,
+                  cols);
+        col2im_parallel(din, dcol, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
     }
 }
 

@@ -18,9 +18,6 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
-/* Threads of the direct kernels (cfx_conv2d_set_threads). */
-static int conv_threads = 1;
-
 #define CFX_AVX512 __attribute__((target("avx512f,fma")))
 #define CFX_AVX512_INLINE __attribute__((target("avx512f,fma"), always_inline)) static inline
 
@@ -121,7 +118,7 @@ CFX_AVX512 static int direct_conv(float *out, const float *in, const float *w, c
         return -1;
     const size_t plane = (size_t)N * H * W, G = plane / 16;
     const long columns = (long)((G + FWD_VECTORS - 1) / FWD_VECTORS);
-    const int threads = conv_threads;
+    const int threads = cfx_threads();
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
@@ -222,7 +219,7 @@ CFX_AVX512 static int direct_weight_grad(float *dweight, const float *dout, cons
         }
         oc0 += ocb;
     }
-    const int threads = conv_threads;
+    const int threads = cfx_threads();
     const size_t part_bytes = (size_t)t.K2 * WGT_CHANNELS * WGT_TAPS * sizeof(__m512);
     int failed = !tasks;
 #ifdef _OPENMP
@@ -278,15 +275,6 @@ static int have_avx512(void)
         direct_enabled = cpu_has_avx512() && !(force && strcmp(force, "gemm") == 0);
     }
     return direct_enabled;
-}
-
-void cfx_conv2d_set_threads(int n)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    conv_threads = n > 1 ? n : 1;
-#else
-    (void)n;
-#endif
 }
 
 int cfx_conv2d_use_direct(int on)

@@ -59,14 +59,15 @@ static inline float normal_cdf(float x)
     return x >= 0.0f ? 1.0f - q : q;
 }
 
-CFX_SIMD_CLONES void cfx_gelu_forward(float *out, const float *in, size_t n)
+CFX_SIMD_CLONES static void gelu_forward(float *out, const float *in, const float *unused, size_t n)
 {
+    (void)unused;
     for (size_t i = 0; i < n; i++)
         out[i] = in[i] * normal_cdf(in[i]);
 }
 
 /* GELU'(x) = Phi(x) + x * phi(x). */
-CFX_SIMD_CLONES void cfx_gelu_backward(float *din, const float *dout, const float *in, size_t n)
+CFX_SIMD_CLONES static void gelu_backward(float *din, const float *dout, const float *in, size_t n)
 {
     const float inv_sqrt_2pi = 0.3989422804014327f;
     for (size_t i = 0; i < n; i++) {
@@ -76,8 +77,8 @@ CFX_SIMD_CLONES void cfx_gelu_backward(float *din, const float *dout, const floa
     }
 }
 
-CFX_SIMD_CLONES void cfx_gelu_guided_backward(float *din, const float *dout, const float *in,
-                                              size_t n)
+CFX_SIMD_CLONES static void gelu_guided_backward(float *din, const float *dout, const float *in,
+                                                 size_t n)
 {
     const float inv_sqrt_2pi = 0.3989422804014327f;
     for (size_t i = 0; i < n; i++) {
@@ -86,6 +87,22 @@ CFX_SIMD_CLONES void cfx_gelu_guided_backward(float *din, const float *dout, con
         float d = g * (normal_cdf(x) + x * pdf);
         din[i] = x > 0.0f && g > 0.0f ? d : 0.0f;
     }
+}
+
+/* The passes, split into blocks on cfx_threads(). */
+void cfx_gelu_forward(float *out, const float *in, size_t n)
+{
+    cfx_parallel_elementwise(gelu_forward, out, in, NULL, n);
+}
+
+void cfx_gelu_backward(float *din, const float *dout, const float *in, size_t n)
+{
+    cfx_parallel_elementwise(gelu_backward, din, dout, in, n);
+}
+
+void cfx_gelu_guided_backward(float *din, const float *dout, const float *in, size_t n)
+{
+    cfx_parallel_elementwise(gelu_guided_backward, din, dout, in, n);
 }
 
 /* ---- the layer: gelu -------------------------------------------------------- */

@@ -184,7 +184,8 @@ static void maxpool2x2_backward(float *din, const float *dout, const float *in, 
     }
 }
 
-void cfx_maxpool_forward(float *out, const float *in, int planes, int H, int W, int K, int stride)
+static void maxpool_forward(float *out, const float *in, int planes, int H, int W, int K,
+                            int stride)
 {
     if (K == 2 && stride == 2) {
         if (pool_simd_usable(H, W)) {
@@ -253,16 +254,43 @@ static void maxpool_backward(float *din, const float *dout, const float *in, int
     }
 }
 
+/* The passes split over planes on cfx_threads(). */
+void cfx_maxpool_forward(float *out, const float *in, int planes, int H, int W, int K, int stride)
+{
+    const size_t hw = (size_t)H * W;
+    const size_t ohw = (size_t)cfx_window_out(H, K, stride, 0) * cfx_window_out(W, K, stride, 0);
+    const int blocks = cfx_blocks((size_t)planes * hw);
+    CFX_PARALLEL_FOR_IF(blocks > 1)
+    for (int b = 0; b < blocks; b++) {
+        int p0 = (int)((long)planes * b / blocks), p1 = (int)((long)planes * (b + 1) / blocks);
+        maxpool_forward(out + p0 * ohw, in + p0 * hw, p1 - p0, H, W, K, stride);
+    }
+}
+
+static void maxpool_backward_parallel(float *din, const float *dout, const float *in, int planes,
+                                      int H, int W, int K, int stride, int relu)
+{
+    const size_t hw = (size_t)H * W;
+    const size_t ohw = (size_t)cfx_window_out(H, K, stride, 0) * cfx_window_out(W, K, stride, 0);
+    const int blocks = cfx_blocks((size_t)planes * hw);
+    CFX_PARALLEL_FOR_IF(blocks > 1)
+    for (int b = 0; b < blocks; b++) {
+        int p0 = (int)((long)planes * b / blocks), p1 = (int)((long)planes * (b + 1) / blocks);
+        maxpool_backward(din + p0 * hw, dout + p0 * ohw, in + p0 * hw, p1 - p0, H, W, K, stride,
+                         relu);
+    }
+}
+
 void cfx_maxpool_backward(float *din, const float *dout, const float *in, int planes, int H, int W,
                           int K, int stride)
 {
-    maxpool_backward(din, dout, in, planes, H, W, K, stride, 0);
+    maxpool_backward_parallel(din, dout, in, planes, H, W, K, stride, 0);
 }
 
 void cfx_maxpool_relu_backward(float *din, const float *dout, const float *in, int planes, int H,
                                int W, int K, int stride)
 {
-    maxpool_backward(din, dout, in, planes, H, W, K, stride, 1);
+    maxpool_backward_parallel(din, dout, in, planes, H, W, K, stride, 1);
 }
 
 /* ---- the layer: maxpool2d kernel=K [stride=S] (S defaults to K) ---------- */

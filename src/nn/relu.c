@@ -1,13 +1,14 @@
 /* Rectified linear unit. */
 #include "cfx/nn.h" /* defines: cfx_relu_forward, cfx_relu_backward */
 
-CFX_SIMD_CLONES void cfx_relu_forward(float *out, const float *in, size_t n)
+CFX_SIMD_CLONES static void relu_forward(float *out, const float *in, const float *unused, size_t n)
 {
+    (void)unused;
     for (size_t i = 0; i < n; i++)
         out[i] = in[i] > 0.0f ? in[i] : 0.0f;
 }
 
-CFX_SIMD_CLONES void cfx_relu_backward(float *din, const float *dout, const float *out, size_t n)
+CFX_SIMD_CLONES static void relu_backward(float *din, const float *dout, const float *out, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         float g = dout[i]; /* loaded unconditionally so the loop vectorises */
@@ -15,13 +16,29 @@ CFX_SIMD_CLONES void cfx_relu_backward(float *din, const float *dout, const floa
     }
 }
 
-CFX_SIMD_CLONES void cfx_relu_guided_backward(float *din, const float *dout, const float *out,
-                                              size_t n)
+CFX_SIMD_CLONES static void relu_guided_backward(float *din, const float *dout, const float *out,
+                                                 size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         float g = dout[i];
         din[i] = out[i] > 0.0f && g > 0.0f ? g : 0.0f;
     }
+}
+
+/* The passes, split into blocks on cfx_threads(). */
+void cfx_relu_forward(float *out, const float *in, size_t n)
+{
+    cfx_parallel_elementwise(relu_forward, out, in, NULL, n);
+}
+
+void cfx_relu_backward(float *din, const float *dout, const float *out, size_t n)
+{
+    cfx_parallel_elementwise(relu_backward, din, dout, out, n);
+}
+
+void cfx_relu_guided_backward(float *din, const float *dout, const float *out, size_t n)
+{
+    cfx_parallel_elementwise(relu_guided_backward, din, dout, out, n);
 }
 
 /* ---- the layer: relu ------------------------------------------------------ */

@@ -7,7 +7,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "cfx/nn.h"    /* defines: cfx_conv2d_set_threads */
+#include "cfx/common.h" /* defines: cfx_set_threads */
 #include "cfx/train.h" /* defines: cfx_blas_select_kernels, cfx_blas_setup */
 
 void cfx_blas_select_kernels(char **argv)
@@ -58,11 +58,22 @@ int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d)
         if (threads < 1)
             threads = 1;
     }
-    openblas_set_num_threads(threads);
-    cfx_conv2d_set_threads(threads);
+    /* cfx splits its SGEMMs itself (cfx_sgemm), so results do not depend on
+     * the thread count: OpenBLAS runs each part on one thread. */
+    openblas_set_num_threads(1);
+    cfx_set_threads(threads);
     return threads;
 }
 
 const char *cfx_blas_core(void) { return openblas_get_corename(); }
 
-int cfx_blas_threads(void) { return openblas_get_num_threads(); }
+const char *cfx_blas_threading(void)
+{
+    switch (openblas_get_parallel()) {
+    case 0: return "sequential";
+    case 2: return "OpenMP";
+    default: return "pthreads";
+    }
+}
+
+int cfx_blas_threads(void) { return cfx_threads(); }

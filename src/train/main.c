@@ -176,6 +176,10 @@ int main(int argc, char **argv)
         printf("cfx-train %s (%s): %d rank%s, %d BLAS thread%s per rank, OpenBLAS core %s\n",
                CFX_VERSION, CFX_GIT_COMMIT, dist.size, dist.size == 1 ? "" : "s", threads,
                threads == 1 ? "" : "s", cfx_blas_core());
+        if (threads > 1 && strcmp(cfx_blas_threading(), "OpenMP") != 0)
+            printf("note: OpenBLAS is its %s build; several threads per rank run faster with "
+                   "the OpenMP build (Debian: libopenblas-openmp-dev, then rebuild cfx)\n",
+                   cfx_blas_threading());
     }
     char hosts[1024];
     int n_hosts = cfx_dist_hosts(&dist, hosts, sizeof hosts);

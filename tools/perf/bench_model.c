@@ -296,8 +296,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "cfx-bench-model: %s\n", err.msg);
         return 2;
     }
-    openblas_set_num_threads(threads);
-    cfx_conv2d_set_threads(threads);
+    openblas_set_num_threads(1); /* as cfx-train: cfx_sgemm splits the GEMMs */
+    cfx_set_threads(threads);
     cfx_model m;
     cfx_optim opt;
     if (cfx_model_create(&m, cfg.layers, cfg.n_layers, 3, 32, 32, batch, 0, &err) != 0 ||
@@ -337,13 +337,14 @@ int main(int argc, char **argv)
     t_total = cfx_now() - t_total;
     t_cpu = cpu_seconds() - t_cpu;
 
-    printf("OpenBLAS core %s, %d thread(s), batch %d, %d steps, convolutions: %s\n",
-           cfx_blas_core(), threads, batch, steps,
+    printf("OpenBLAS core %s (%s), %d thread(s), batch %d, %d steps, convolutions: %s\n",
+           cfx_blas_core(), cfx_blas_threading(), threads, batch, steps,
            cfx_conv2d_direct_usable(batch, 32, 32, 3, 1, 1) ? "direct AVX-512" : "im2col + SGEMM");
     double flops_step = print_layers(&m, batch, steps);
     double ms = 1e3 * t_total / steps;
     print_by_kind(&m, steps, ms, 1e3 * t_loss / steps, 1e3 * t_opt / steps);
     printf("CPU time %.3f ms per step (all threads; wall time below)\n", 1e3 * t_cpu / steps);
+    openblas_set_num_threads(threads); /* the peak: one SGEMM on every thread */
     double peak = sgemm_peak(1024, 10);
     printf("step %.3f ms = %.0f images/s, %.1f GFLOP/s (%.2f MFLOP/image)\n", ms,
            batch / (ms * 1e-3), flops_step / (ms * 1e6), flops_step / batch * 1e-6);

@@ -1,7 +1,6 @@
 /* cfx-viz's session: load a run directory, evaluate, compute the analyses. */
 #include "run.h" /* defines: viz_run, viz_run_load, viz_run_compute */
 
-#include <cblas.h>
 #include <ctype.h>
 #include <errno.h>
 #include <hdf5.h>
@@ -513,12 +512,8 @@ int viz_run_compute(viz_run *r, cfx_error *err)
     double t4 = cfx_now();
     r->t_explain += t4 - t3;
     r->embedding = cfx_malloc((size_t)n * 2 * sizeof(float));
-    /* One BLAS thread: 0.8 s for the seed CNN's 1,024 features, but 20 s with
-     * two threads when another process keeps the cores busy. */
-    int threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
+    /* on one BLAS thread, as every OpenBLAS call here (main.c, set_threads) */
     int pca = viz_pca_2d(r->channels.features, n, r->channels.F, r->embedding, r->explained, err);
-    openblas_set_num_threads(threads);
     if (pca != 0)
         return -1;
     double t5 = cfx_now();
