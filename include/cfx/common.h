@@ -52,14 +52,25 @@ int cfx_write_file_atomic(const char *path, const void *data, size_t size, cfx_e
 void cfx_set_threads(int n);
 int cfx_threads(void);
 
-/* Runs the for loop that follows on cfx_threads() OpenMP threads when cond
- * holds (use it to keep small loops on one thread). */
+/* At most this many (cfx_set_threads caps the count). */
+#define CFX_MAX_THREADS 64
+/* This thread's number in the running parallel region (0 outside one). */
+int cfx_thread_id(void);
+
+/* CFX_PARALLEL_FOR_IF(cond): runs the for loop that follows on cfx_threads()
+ * OpenMP threads when cond holds (use it to keep small loops on one thread).
+ * CFX_PARALLEL(n): the block that follows on n threads, where CFX_FOR_STATIC
+ * splits a for loop over them in contiguous runs. */
 #ifdef _OPENMP
 #define CFX_PRAGMA(x) _Pragma(#x)
 #define CFX_PARALLEL_FOR_IF(cond)                                                                  \
     CFX_PRAGMA(omp parallel for schedule(static) num_threads(cfx_threads()) if (cond))
+#define CFX_PARALLEL(n) CFX_PRAGMA(omp parallel num_threads(n) if ((n) > 1))
+#define CFX_FOR_STATIC CFX_PRAGMA(omp for schedule(static))
 #else
 #define CFX_PARALLEL_FOR_IF(cond)
+#define CFX_PARALLEL(n)
+#define CFX_FOR_STATIC
 #endif
 /* Element counts below this stay on one thread. */
 #define CFX_PARALLEL_MIN 32768

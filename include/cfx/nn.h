@@ -14,7 +14,6 @@
 #ifndef CFX_NN_H
 #define CFX_NN_H
 
-#include <cblas.h> /* defines: CBLAS_TRANSPOSE */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,13 +27,6 @@ static inline int cfx_window_out(int in, int kernel, int stride, int padding)
 {
     return (in + 2 * padding - kernel) / stride + 1;
 }
-
-/* C = alpha op(A) op(B) + beta C (row-major, as cblas_sgemm), split over the
- * columns of C on cfx_threads(): each part is one single-threaded OpenBLAS
- * call, so the bits do not depend on the thread count. Every layer's SGEMM
- * goes through it; OpenBLAS itself stays at one thread (cfx_blas_setup). */
-void cfx_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
-               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 /* col[C*K*K][N*OH*OW] from in[C][N][H][W] (zeros outside the image). */
 void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, int stride, int pad,
@@ -71,7 +63,8 @@ int cfx_whiten_weights(float *weight, int OC, const float *images, int N, int C,
                        int K, double eps, cfx_error *err);
 
 /* out[OC][N][OH][OW] = conv(in[C][N][H][W], weight[OC][C][K][K]) + bias[OC].
- * col is workspace of C*K*K * chunk*OH*OW floats (chunk = cfx_conv2d_chunk). */
+ * col is workspace of C*K*K * chunk*OH*OW floats (chunk = cfx_conv2d_chunk),
+ * used by the first of the cfx_threads() threads; the others keep their own. */
 void cfx_conv2d_forward(float *out, float *col, const float *in, const float *weight,
                         const float *bias, int N, int C, int H, int W, int OC, int K, int stride,
                         int pad);

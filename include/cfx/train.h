@@ -27,7 +27,7 @@ void cfx_blas_select_kernels(char **argv);
 
 /* Sets the threads of this rank (cfx_set_threads): runtime.blas_threads if
  * set, else $CFX_BLAS_THREADS, else cores of the node / ranks on the node.
- * OpenBLAS itself is set to one thread: cfx_sgemm splits the work. */
+ * OpenBLAS itself is set to one thread: the layers split their work. */
 int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d);
 const char *cfx_blas_core(void);
 /* How the linked OpenBLAS threads: "OpenMP" (one pool with cfx's own

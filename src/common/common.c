@@ -1,6 +1,8 @@
-/* Error messages, checked allocation, directories, atomic file writes and clocks. */
+/* Error messages, checked allocation, directories, atomic file writes, clocks
+ * and the threads of cfx's own loops. */
 #include "cfx/common.h" /* defines: cfx_fail, cfx_malloc_check, cfx_mkdir_p, cfx_sum, cfx_now */
 
+#include <cblas.h> /* defines: openblas_set_num_threads */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -9,6 +11,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 int cfx_fail(cfx_error *err, const char *fmt, ...)
 {
@@ -96,7 +101,24 @@ CFX_SIMD_CLONES double cfx_sum(const float *x, size_t n)
 
 static int thread_count = 1;
 
-void cfx_set_threads(int n) { thread_count = n > 1 ? n : 1; }
+void cfx_set_threads(int n)
+{
+    thread_count = n < 1 ? 1 : n > CFX_MAX_THREADS ? CFX_MAX_THREADS : n;
+    /* Every SGEMM of the layers runs inside one of cfx's pieces, on one
+     * thread. (The OpenMP build of OpenBLAS would otherwise follow OpenMP's
+     * default thread count outside a parallel region, and a single-threaded
+     * run would not give the bits of a threaded one.) */
+    openblas_set_num_threads(1);
+}
+
+int cfx_thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
 
 int cfx_threads(void) { return thread_count; }
 

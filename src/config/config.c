@@ -120,7 +120,9 @@ static const key_def KEYS[] = {
      "cost less (fewer sums, larger kernels), smaller ones share a batch among more ranks "
      "(at most batch_size / chunk ranks have work)"},
     {"runtime", "blas_threads", KEY_INT, FIELD(blas_threads), 0, 1024, NULL, "0",
-     "OpenBLAS threads per rank (0 = cores of the node / ranks on the node)"},
+     "threads per rank (0 = cores of the node / ranks on the node); the layers split their "
+     "work over them in pieces that do not depend on the count, so any count gives the same "
+     "bits"},
 };
 #define N_KEYS (sizeof KEYS / sizeof KEYS[0])
 

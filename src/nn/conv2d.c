@@ -1,6 +1,10 @@
-/* 2-D convolution over a whole mini-batch as im2col + one SGEMM, and
- * cfx_sgemm, the SGEMM every layer uses. */
+/* 2-D convolution over a whole mini-batch as im2col + SGEMM, chunk by chunk
+ * of images. The chunks run on the rank's threads, each with its own im2col
+ * workspace and single-threaded OpenBLAS calls; their sizes do not depend on
+ * the thread count, and the weight gradient adds fixed groups of chunks in a
+ * fixed order, so every thread count gives the same bits. */
 #include <cblas.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <stddef.h>
@@ -109,21 +113,10 @@ CFX_INLINE_COPIES CFX_SIMD_CLONES static void im2col_range(float *col, const flo
             }
 }
 
-/* im2col_range split over the input channels (each writes its own K*K rows
- * of col), on cfx_threads(). */
-static void im2col_parallel(float *col, const float *in, int N, int n0, int count, int C, int H,
-                            int W, int K, int stride, int pad, int OH, int OW)
-{
-    const size_t plane = (size_t)N * H * W, rows = (size_t)K * K * count * OH * OW;
-    CFX_PARALLEL_FOR_IF(C > 1 && rows * C >= CFX_PARALLEL_MIN)
-    for (int c = 0; c < C; c++)
-        im2col_range(col + c * rows, in + c * plane, N, n0, count, 1, H, W, K, stride, pad, OH, OW);
-}
-
 void cfx_im2col(float *col, const float *in, int N, int C, int H, int W, int K, int stride, int pad,
                 int OH, int OW)
 {
-    im2col_parallel(col, in, N, 0, N, C, H, W, K, stride, pad, OH, OW);
+    im2col_range(col, in, N, 0, N, C, H, W, K, stride, pad, OH, OW);
 }
 
 /* The adjoint of im2col_range: adds the columns into images [n0, n0 + count). */
@@ -162,44 +155,51 @@ CFX_SIMD_CLONES static void col2im_range(float *in, const float *col, int N, int
             }
 }
 
-/* Images [n0, n0 + count) of in set to the adjoint of im2col of col: zeroed,
- * then col2im_range, split over the input channels on cfx_threads(). */
-static void col2im_parallel(float *in, const float *col, int N, int n0, int count, int C, int H,
-                            int W, int K, int stride, int pad, int OH, int OW)
-{
-    const size_t plane = (size_t)N * H * W, rows = (size_t)K * K * count * OH * OW;
-    CFX_PARALLEL_FOR_IF(C > 1 && rows * C >= CFX_PARALLEL_MIN)
-    for (int c = 0; c < C; c++) {
-        memset(in + c * plane + (size_t)n0 * H * W, 0, (size_t)count * H * W * sizeof *in);
-        col2im_range(in + c * plane, col + c * rows, N, n0, count, 1, H, W, K, stride, pad, OH, OW);
-    }
-}
-
 void cfx_col2im(float *in, const float *col, int N, int C, int H, int W, int K, int stride, int pad,
                 int OH, int OW)
 {
     col2im_range(in, col, N, 0, N, C, H, W, K, stride, pad, OH, OW);
 }
 
-/* Columns below which an SGEMM stays whole, on one thread. */
-#define SGEMM_MIN_PART_COLS 64
+/* ---- workspaces ------------------------------------------------------------ */
 
-void cfx_sgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
-               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+/* The im2col workspaces of threads 1, 2, ... (thread 0 uses the caller's col
+ * and dcol), grown on demand and kept for the next call; only thread t
+ * touches slot t. */
+static struct {
+    float *col, *dcol;
+    size_t cap;
+} thread_workspace[CFX_MAX_THREADS];
+
+static void workspace_of(int t, size_t n, float **col, float **dcol)
 {
-    int parts = cfx_threads();
-    if ((double)M * N * K < 4.0 * CFX_PARALLEL_MIN * CFX_PARALLEL_MIN / 1024)
-        parts = 1; /* under ~4 MFLOP the split costs more than it gains */
-    if (parts > N / SGEMM_MIN_PART_COLS)
-        parts = N / SGEMM_MIN_PART_COLS > 1 ? N / SGEMM_MIN_PART_COLS : 1;
-    CFX_PARALLEL_FOR_IF(parts > 1)
-    for (int p = 0; p < parts; p++) {
-        int j0 = (int)cfx_block_start((size_t)N, parts, p);
-        int j1 = (int)cfx_block_start((size_t)N, parts, p + 1);
-        const float *Bp = tb == CblasNoTrans ? B + j0 : B + (size_t)j0 * ldb;
-        cblas_sgemm(CblasRowMajor, ta, tb, M, j1 - j0, K, alpha, A, lda, Bp, ldb, beta, C + j0,
-                    ldc);
+    if (t == 0)
+        return;
+    if (thread_workspace[t].cap < n) {
+        free(thread_workspace[t].col), free(thread_workspace[t].dcol);
+        thread_workspace[t].col = cfx_malloc(n * sizeof(float));
+        thread_workspace[t].dcol = cfx_malloc(n * sizeof(float));
+        thread_workspace[t].cap = n;
     }
+    *col = thread_workspace[t].col, *dcol = thread_workspace[t].dcol;
+}
+
+/* Weight-gradient groups: the chunks are cut into this many runs (fewer if
+ * there are fewer chunks), each summed on one thread into its own partial,
+ * then the partials are added in order. Any thread count up to it is busy. */
+#define WGRAD_GROUPS 8
+
+static float *wgrad_partials;
+static size_t wgrad_partials_cap;
+
+static float *partials(size_t n)
+{
+    if (wgrad_partials_cap < n) {
+        free(wgrad_partials);
+        wgrad_partials = cfx_malloc(n * sizeof(float));
+        wgrad_partials_cap = n;
+    }
+    return wgrad_partials;
 }
 
 int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW)
@@ -213,26 +213,22 @@ int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW)
     return chunk < N ? chunk : N;
 }
 
-/* Adds b to the cols floats of row, then the ReLU if asked. */
-CFX_SIMD_CLONES static void add_bias_row(float *row, float b, int cols, int relu)
-{
-    if (relu)
-        for (int j = 0; j < cols; j++)
-            row[j] = row[j] + b > 0.0f ? row[j] + b : 0.0f;
-    else
-        for (int j = 0; j < cols; j++)
-            row[j] += b;
-}
-
 /* Adds bias[oc] (none if bias is NULL) to row oc of out (rows ld apart),
  * then the ReLU if asked. */
-static void add_bias(float *out, const float *bias, int OC, int cols, int ld, int relu)
+CFX_SIMD_CLONES static void add_bias(float *out, const float *bias, int OC, int cols, int ld,
+                                     int relu)
 {
     if (!bias && !relu)
         return;
-    CFX_PARALLEL_FOR_IF(OC > 1 && (size_t)OC * cols >= CFX_PARALLEL_MIN)
-    for (int oc = 0; oc < OC; oc++)
-        add_bias_row(out + (size_t)oc * ld, bias ? bias[oc] : 0.0f, cols, relu);
+    for (int oc = 0; oc < OC; oc++) {
+        float b = bias ? bias[oc] : 0.0f, *row = out + (size_t)oc * ld;
+        if (relu)
+            for (int j = 0; j < cols; j++)
+                row[j] = row[j] + b > 0.0f ? row[j] + b : 0.0f;
+        else
+            for (int j = 0; j < cols; j++)
+                row[j] += b;
+    }
 }
 
 static void conv2d_forward(float *out, float *col, const float *in, const float *weight,
@@ -244,14 +240,21 @@ static void conv2d_forward(float *out, float *col, const float *in, const float 
         return;
     int OH = cfx_window_out(H, K, stride, pad), OW = cfx_window_out(W, K, stride, pad);
     const int ckk = C * K * K, ohw = OH * OW, ld = N * ohw;
-    const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW);
-    for (int n0 = 0; n0 < N; n0 += chunk) {
-        int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
-        im2col_parallel(col, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
-        float *o = out + (size_t)n0 * ohw;
-        cfx_sgemm(CblasNoTrans, CblasNoTrans, OC, cols, ckk, 1.0f, weight, ckk, col, cols, 0.0f, o,
-                  ld);
-        add_bias(o, bias, OC, cols, ld, relu);
+    const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW), n_chunks = (N + chunk - 1) / chunk;
+    const int threads = n_chunks < cfx_threads() ? n_chunks : cfx_threads();
+    CFX_PARALLEL(threads)
+    {
+        float *tcol = col, *unused = NULL;
+        workspace_of(cfx_thread_id(), (size_t)ckk * chunk * ohw, &tcol, &unused);
+        CFX_FOR_STATIC
+        for (int ch = 0; ch < n_chunks; ch++) {
+            int n0 = ch * chunk, cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
+            im2col_range(tcol, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
+            float *o = out + (size_t)n0 * ohw;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, cols, ckk, 1.0f, weight, ckk,
+                        tcol, cols, 0.0f, o, ld);
+            add_bias(o, bias, OC, cols, ld, relu);
+        }
     }
 }
 
@@ -267,6 +270,13 @@ void cfx_conv2d_relu_forward(float *out, float *col, const float *in, const floa
                              int stride, int pad)
 {
     conv2d_forward(out, col, in, weight, bias, N, C, H, W, OC, K, stride, pad, 1);
+}
+
+/* out = a + b (the weight-gradient partials' sum). */
+CFX_SIMD_CLONES static void add_into(float *out, const float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
 }
 
 void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, float *dcol,
@@ -288,19 +298,38 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
         cfx_conv2d_direct_weight_grad(dweight, dout, in, N, C, H, W, OC, K) == 0 &&
         (!din || cfx_conv2d_direct_input_grad(din, dout, weight, N, C, H, W, OC, K) == 0))
         return;
-    const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW);
-    for (int n0 = 0; n0 < N; n0 += chunk) {
-        int cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
-        const float *d = dout + (size_t)n0 * ohw;
-        im2col_parallel(col, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
-        cfx_sgemm(CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, d, ld, col, cols,
-                  n0 == 0 ? 0.0f : 1.0f, dweight, ckk);
-        if (!din)
-            continue;
-        cfx_sgemm(CblasTrans, CblasNoTrans, ckk, cols, OC, 1.0f, weight, ckk, d, ld, 0.0f, dcol,
-                  cols);
-        col2im_parallel(din, dcol, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
+    const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW), n_chunks = (N + chunk - 1) / chunk;
+    const int groups = n_chunks < WGRAD_GROUPS ? n_chunks : WGRAD_GROUPS;
+    const int threads = groups < cfx_threads() ? groups : cfx_threads();
+    const size_t n_w = (size_t)OC * ckk;
+    float *part = groups > 1 ? partials((size_t)(groups - 1) * n_w) : NULL;
+    CFX_PARALLEL(threads)
+    {
+        float *tcol = col, *tdcol = dcol;
+        workspace_of(cfx_thread_id(), (size_t)ckk * chunk * ohw, &tcol, &tdcol);
+        CFX_FOR_STATIC
+        for (int g = 0; g < groups; g++) {
+            float *dw = g == 0 ? dweight : part + (size_t)(g - 1) * n_w;
+            int first = (int)((long)n_chunks * g / groups);
+            int end = (int)((long)n_chunks * (g + 1) / groups);
+            for (int ch = first; ch < end; ch++) {
+                int n0 = ch * chunk, cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
+                const float *d = dout + (size_t)n0 * ohw;
+                im2col_range(tcol, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, d, ld,
+                            tcol, cols, ch == first ? 0.0f : 1.0f, dw, ckk);
+                if (!din)
+                    continue;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ckk, cols, OC, 1.0f, weight,
+                            ckk, d, ld, 0.0f, tdcol, cols);
+                for (int c = 0; c < C; c++)
+                    memset(din + ((size_t)c * N + n0) * H * W, 0, (size_t)cn * H * W * sizeof *din);
+                col2im_range(din, tdcol, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
+            }
+        }
     }
+    for (int g = 1; g < groups; g++) /* in group order: the same bits for any thread count */
+        cfx_parallel_elementwise(add_into, dweight, dweight, part + (size_t)(g - 1) * n_w, n_w);
 }
 
 /* ---- the layer: conv2d out=N kernel=K [stride=S] [padding=P] [bias=false] --- */

@@ -10,8 +10,8 @@ void cfx_linear_forward(float *out, const float *in, const float *weight, const 
 {
     if (N == 0)
         return;
-    cfx_sgemm(CblasNoTrans, CblasTrans, N, out_f, in_f, 1.0f, in, in_f, weight, in_f, 0.0f, out,
-              out_f);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out_f, in_f, 1.0f, in, in_f, weight,
+                in_f, 0.0f, out, out_f);
     for (int n = 0; n < N && bias; n++)
         for (int o = 0; o < out_f; o++)
             out[(size_t)n * out_f + o] += bias[o];
@@ -26,8 +26,8 @@ void cfx_linear_backward(float *din, float *dweight, float *dbias, const float *
             memset(dbias, 0, (size_t)out_f * sizeof *dbias);
         return;
     }
-    cfx_sgemm(CblasTrans, CblasNoTrans, out_f, in_f, N, 1.0f, dout, out_f, in, in_f, 0.0f, dweight,
-              in_f);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out_f, in_f, N, 1.0f, dout, out_f, in,
+                in_f, 0.0f, dweight, in_f);
     for (int o = 0; o < out_f && dbias; o++) {
         float s = 0.0f;
         for (int n = 0; n < N; n++)
@@ -35,8 +35,8 @@ void cfx_linear_backward(float *din, float *dweight, float *dbias, const float *
         dbias[o] = s;
     }
     if (din)
-        cfx_sgemm(CblasNoTrans, CblasNoTrans, N, in_f, out_f, 1.0f, dout, out_f, weight, in_f, 0.0f,
-                  din, in_f);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in_f, out_f, 1.0f, dout, out_f,
+                    weight, in_f, 0.0f, din, in_f);
 }
 
 /* ---- the layer: linear out=N [bias=false] --------------------------------- */

@@ -58,9 +58,9 @@ int cfx_blas_setup(const cfx_config *cfg, const cfx_dist *d)
         if (threads < 1)
             threads = 1;
     }
-    /* cfx splits its SGEMMs itself (cfx_sgemm), so results do not depend on
-     * the thread count: OpenBLAS runs each part on one thread. */
-    openblas_set_num_threads(1);
+    /* cfx splits the layers' work itself in pieces whose sizes do not depend
+     * on the thread count, so neither do the results: OpenBLAS runs each
+     * piece's SGEMM on one thread (cfx_set_threads sets it so). */
     cfx_set_threads(threads);
     return threads;
 }

@@ -296,8 +296,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "cfx-bench-model: %s\n", err.msg);
         return 2;
     }
-    openblas_set_num_threads(1); /* as cfx-train: cfx_sgemm splits the GEMMs */
-    cfx_set_threads(threads);
+    cfx_set_threads(threads); /* OpenBLAS at one thread: the layers split their work */
     cfx_model m;
     cfx_optim opt;
     if (cfx_model_create(&m, cfg.layers, cfg.n_layers, 3, 32, 32, batch, 0, &err) != 0 ||

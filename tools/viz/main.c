@@ -144,15 +144,14 @@ static int attribution_flag(int argc, char **argv, int *i, viz_attr_opts *o)
 }
 
 /* CFX_BLAS_THREADS=N as cfx-train's; else all cores (OpenBLAS's count).
- * OpenBLAS itself stays at one thread, as in cfx-train: cfx_sgemm splits
- * the layers' SGEMMs, and the PCA's LAPACK runs on one thread (0.8 s for
+ * OpenBLAS itself stays at one thread, as in cfx-train: the layers split
+ * their work, and the PCA's LAPACK runs on one thread (0.8 s for
  * the seed CNN's 1,024 features; 20 s on two threads when another process
  * kept the cores busy). */
 static void set_threads(void)
 {
     const char *threads = getenv("CFX_BLAS_THREADS");
     cfx_set_threads(threads && atoi(threads) > 0 ? atoi(threads) : openblas_get_num_threads());
-    openblas_set_num_threads(1);
 }
 
 /* Loads and computes run B of a comparison with A's settings and test images. */
