@@ -242,7 +242,7 @@ static void test_integrated_gradients_completeness(void **state)
     (void)state;
     enum { N = 2, LEN = 3 * N * 64 };
     cfx_model m;
-    make_explained_model(&m, N);
+    make_explained_model(&m, VIZ_SAMPLES_PER_PASS * N); /* several samples a pass */
     static float x[LEN], b[LEN], attr[LEN];
     random_images(x, LEN, 8);
     for (int j = 0; j < LEN; j++)
@@ -297,7 +297,7 @@ static void test_smoothgrad(void **state)
     (void)state;
     enum { N = 2, LEN = 3 * N * 64 };
     cfx_model m;
-    make_explained_model(&m, N);
+    make_explained_model(&m, VIZ_SAMPLES_PER_PASS * N); /* several samples a pass */
     static float x[LEN], g[LEN], sg[LEN], again[LEN];
     random_images(x, LEN, 9);
     int classes[N] = {0, 2};
@@ -329,7 +329,7 @@ static void test_occlusion_brute_force(void **state)
     (void)state;
     enum { N = 2, LEN = 3 * N * 64, P = 3, S = 2 };
     cfx_model m, one;
-    make_explained_model(&m, N);
+    make_explained_model(&m, VIZ_SAMPLES_PER_PASS * N); /* several samples a pass */
     make_explained_model(&one, 1);
     static float x[LEN], maps[N * 64];
     random_images(x, LEN, 10);

@@ -50,24 +50,72 @@ void viz_input_gradient(cfx_model *m, int n, const int *classes, const float *x,
     memcpy(grad, m->dacts[0], input_len(m, n) * sizeof(float));
 }
 
+/* Sums into sum[] the input gradients of the class scores at `samples`
+ * inputs of n images each, several samples to a pass of m (as many as its
+ * max_batch holds): make(ctx, s, in) writes sample s ([C][n][H][W]) into in,
+ * called in sample order; each element adds the samples in order. */
+typedef void (*sample_fn)(void *ctx, int s, float *in);
+
+static void summed_gradients(cfx_model *m, int n, const int *classes, int samples, sample_fn make,
+                             void *ctx, double *sum)
+{
+    const size_t plane = (size_t)m->in_h * m->in_w, len = input_len(m, n);
+    int per = m->max_batch / n;
+    per = per < 1 ? 1 : per > samples ? samples : per;
+    const int nb = per * n;
+    float *one = cfx_malloc(len * sizeof(float)),
+          *in = cfx_malloc(input_len(m, nb) * sizeof(float)),
+          *g = cfx_malloc(input_len(m, nb) * sizeof(float));
+    int *cls = cfx_malloc((size_t)nb * sizeof *cls);
+    for (int i = 0; i < nb; i++)
+        cls[i] = classes[i % n];
+    for (int s0 = 0; s0 < samples; s0 += per) {
+        const int k = samples - s0 < per ? samples - s0 : per, N = k * n;
+        for (int j = 0; j < k; j++) { /* sample j's image i is image j * n + i of the pass */
+            make(ctx, s0 + j, one);
+            for (int c = 0; c < m->in_c; c++)
+                memcpy(in + ((size_t)c * N + (size_t)j * n) * plane, one + (size_t)c * n * plane,
+                       n * plane * sizeof(float));
+        }
+        viz_input_gradient(m, N, cls, in, g);
+        for (int j = 0; j < k; j++)
+            for (int c = 0; c < m->in_c; c++) {
+                const float *gj = g + ((size_t)c * N + (size_t)j * n) * plane;
+                double *sc = sum + (size_t)c * n * plane;
+                for (size_t p = 0; p < n * plane; p++)
+                    sc[p] += gj[p];
+            }
+    }
+    free(one);
+    free(in);
+    free(g);
+    free(cls);
+}
+
+typedef struct {
+    const float *x, *b;
+    size_t len;
+    int steps;
+} ig_path;
+
+/* Point k of the path: b + (k + 1/2) / steps * (x - b). */
+static void ig_point(void *ctx, int k, float *in)
+{
+    const ig_path *p = ctx;
+    float a = (float)((k + 0.5) / p->steps);
+    for (size_t j = 0; j < p->len; j++)
+        in[j] = p->b[j] + a * (p->x[j] - p->b[j]);
+}
+
 void viz_integrated_gradients(cfx_model *m, int n, const int *classes, const float *x,
                               const float *b, int steps, float *attr)
 {
     size_t len = input_len(m, n);
-    float *point = cfx_malloc(len * sizeof(float)), *g = cfx_malloc(len * sizeof(float));
     double *sum = cfx_calloc(len, sizeof(double));
-    for (int k = 0; k < steps; k++) {
-        float a = (float)((k + 0.5) / steps);
-        for (size_t j = 0; j < len; j++)
-            point[j] = b[j] + a * (x[j] - b[j]);
-        viz_input_gradient(m, n, classes, point, g);
-        for (size_t j = 0; j < len; j++)
-            sum[j] += g[j];
-    }
+    ig_path path = {x, b, len, steps};
+    summed_gradients(m, n, classes, steps, ig_point, &path, sum);
     for (size_t j = 0; j < len; j++)
         attr[j] = (float)((x[j] - b[j]) * sum[j] / steps);
-    free(point);
-    free(g);
     free(sum);
 }
 
@@ -114,11 +162,27 @@ static double gaussian(cfx_rng *rng)
     return sqrt(-2.0 * log(1.0 - u)) * cos(6.283185307179586 * v);
 }
 
+typedef struct {
+    const float *x;
+    const double *sigma; /* per image */
+    size_t len, plane;
+    int n;
+    cfx_rng rng;
+} noisy_copies;
+
+/* The next noisy copy (the samples are made in order, from one generator). */
+static void noisy_copy(void *ctx, int s, float *in)
+{
+    (void)s;
+    noisy_copies *q = ctx;
+    for (size_t j = 0; j < q->len; j++)
+        in[j] = q->x[j] + (float)(q->sigma[(j / q->plane) % (size_t)q->n] * gaussian(&q->rng));
+}
+
 void viz_smoothgrad(cfx_model *m, int n, const int *classes, const float *x, double noise,
                     int samples, uint64_t seed, float *grad)
 {
     size_t len = input_len(m, n), img = (size_t)m->in_h * m->in_w;
-    float *noisy = cfx_malloc(len * sizeof(float)), *g = cfx_malloc(len * sizeof(float));
     double *sum = cfx_calloc(len, sizeof(double)), *sigma = cfx_malloc((size_t)n * sizeof(double));
     for (int i = 0; i < n; i++) { /* noise relative to each image's range */
         float lo = INFINITY, hi = -INFINITY;
@@ -129,19 +193,11 @@ void viz_smoothgrad(cfx_model *m, int n, const int *classes, const float *x, dou
             }
         sigma[i] = noise * (hi - lo);
     }
-    cfx_rng rng;
-    cfx_rng_seed(&rng, seed);
-    for (int s = 0; s < samples; s++) {
-        for (size_t j = 0; j < len; j++)
-            noisy[j] = x[j] + (float)(sigma[(j / img) % (size_t)n] * gaussian(&rng));
-        viz_input_gradient(m, n, classes, noisy, g);
-        for (size_t j = 0; j < len; j++)
-            sum[j] += g[j];
-    }
+    noisy_copies q = {x, sigma, len, img, n, {0}};
+    cfx_rng_seed(&q.rng, seed);
+    summed_gradients(m, n, classes, samples, noisy_copy, &q, sum);
     for (size_t j = 0; j < len; j++)
         grad[j] = (float)(sum[j] / samples);
-    free(noisy);
-    free(g);
     free(sum);
     free(sigma);
 }
@@ -163,32 +219,50 @@ void viz_occlusion(cfx_model *m, int n, const int *classes, const float *x, int 
     const int C = m->in_c, H = m->in_h, W = m->in_w;
     patch = patch < H ? patch : H;
     patch = patch < W ? patch : W;
-    size_t len = input_len(m, n), img = (size_t)H * W;
+    size_t img = (size_t)H * W;
     int *ys = cfx_malloc((size_t)(H + 1) * sizeof(int)), *xs = cfx_malloc((size_t)(W + 1) * sizeof(int));
     int ny = square_positions(H, patch, stride, ys), nx = square_positions(W, patch, stride, xs);
-    double *base = cfx_malloc((size_t)n * sizeof(double)), *score = cfx_malloc((size_t)n * sizeof(double));
+    double *base = cfx_malloc((size_t)n * sizeof(double));
     double *drop = cfx_calloc((size_t)n * img, sizeof(double));
     int *cover = cfx_calloc(img, sizeof(int));
-    float *occluded = cfx_malloc(len * sizeof(float));
     viz_class_scores(m, n, classes, x, base);
-    for (int a = 0; a < ny; a++)
-        for (int b = 0; b < nx; b++) {
-            memcpy(occluded, x, len * sizeof(float));
-            for (size_t plane = 0; plane < (size_t)C * n; plane++)
-                for (int y = ys[a]; y < ys[a] + patch; y++)
-                    memset(occluded + plane * img + (size_t)y * W + xs[b], 0, patch * sizeof(float));
-            viz_class_scores(m, n, classes, occluded, score);
-            for (int y = ys[a]; y < ys[a] + patch; y++)
-                for (int xx = xs[b]; xx < xs[b] + patch; xx++) {
+    /* as many squares to a forward pass as m holds: square j's image i is
+     * image j * n + i of the pass */
+    const int n_sq = ny * nx;
+    int per = m->max_batch / n;
+    per = per < 1 ? 1 : per > n_sq ? n_sq : per;
+    float *occluded = cfx_malloc(input_len(m, per * n) * sizeof(float));
+    double *score = cfx_malloc((size_t)per * n * sizeof(double));
+    int *cls = cfx_malloc((size_t)per * n * sizeof *cls);
+    for (int i = 0; i < per * n; i++)
+        cls[i] = classes[i % n];
+    for (int q0 = 0; q0 < n_sq; q0 += per) {
+        const int k = n_sq - q0 < per ? n_sq - q0 : per, N = k * n;
+        for (int j = 0; j < k; j++) {
+            const int y0 = ys[(q0 + j) / nx], x0 = xs[(q0 + j) % nx];
+            for (int c = 0; c < C; c++) {
+                float *dst = occluded + ((size_t)c * N + (size_t)j * n) * img;
+                memcpy(dst, x + (size_t)c * n * img, n * img * sizeof(float));
+                for (int i = 0; i < n; i++)
+                    for (int y = y0; y < y0 + patch; y++)
+                        memset(dst + i * img + (size_t)y * W + x0, 0, patch * sizeof(float));
+            }
+        }
+        viz_class_scores(m, N, cls, occluded, score);
+        for (int j = 0; j < k; j++) { /* in square order, as one square a pass would */
+            const int y0 = ys[(q0 + j) / nx], x0 = xs[(q0 + j) % nx];
+            for (int y = y0; y < y0 + patch; y++)
+                for (int xx = x0; xx < x0 + patch; xx++) {
                     cover[y * W + xx]++;
                     for (int i = 0; i < n; i++)
-                        drop[(size_t)i * img + y * W + xx] += base[i] - score[i];
+                        drop[(size_t)i * img + y * W + xx] += base[i] - score[j * n + i];
                 }
         }
+    }
     for (int i = 0; i < n; i++)
         for (size_t p = 0; p < img; p++)
             maps[i * img + p] = cover[p] ? (float)(drop[i * img + p] / cover[p]) : 0.0f;
-    free(ys), free(xs), free(base), free(score), free(drop), free(cover), free(occluded);
+    free(ys), free(xs), free(base), free(score), free(drop), free(cover), free(occluded), free(cls);
 }
 
 void viz_guided_backprop(cfx_model *m, int n, const int *classes, const float *x, float *grad)

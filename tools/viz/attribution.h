@@ -56,6 +56,12 @@ void viz_class_scores(cfx_model *m, int n, const int *classes, const float *x, d
  * CFX_MODEL_INPUT_GRAD. */
 void viz_input_gradient(cfx_model *m, int n, const int *classes, const float *x, float *grad);
 
+/* Integrated Gradients and SmoothGrad run as many of their samples in one
+ * pass as m's max_batch holds (at least one): a model made for explaining n
+ * images holds VIZ_SAMPLES_PER_PASS * n, so the passes are wide enough to
+ * keep every thread busy. */
+#define VIZ_SAMPLES_PER_PASS 8
+
 /* Integrated Gradients from baseline b: attr = (x - b) * mean over the
  * ig_steps midpoints a_k = (k + 1/2) / steps of d score / d input at
  * b + a_k (x - b). By completeness sum(attr_i) ~ score_i(x) - score_i(b). */
