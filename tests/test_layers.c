@@ -922,6 +922,12 @@ static void test_whiten_init(void **state)
         assert_true(w[D * D + j] == -w[j]);
     assert_int_equal(cfx_whiten_weights(w, D, img, N, C, H, W, K, 1e-9, &err), -1);
     assert_non_null(strstr(err.msg, "out=24"));
+    cfx_model m; /* the layer's bias starts at 0, as airbench's */
+    model_from_layers(&m, "conv2d out=24 kernel=2 whiten=true; flatten; linear out=2", 4, 4, 1, 0);
+    cfx_model_init_params(&m, 3);
+    for (int j = 0; j < 24; j++)
+        assert_true(m.params[m.layers[0].bias_offset + j] == 0.0f);
+    cfx_model_free(&m);
     free(img);
     free(w);
 }

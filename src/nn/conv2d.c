@@ -366,8 +366,9 @@ static int conv2d_infer(cfx_layer *L, const cfx_shape *in, int max_batch, cfx_er
                            : s->identity ? CFX_INIT_IDENTITY
                                          : CFX_INIT_FAN_IN;
     cfx_layer_add_tensor(L, "weight", CFX_TENSOR_PARAM, init, 4, wdims);
-    if (s->bias)
-        cfx_layer_add_tensor(L, "bias", CFX_TENSOR_PARAM, CFX_INIT_FAN_IN, 1, &s->out);
+    if (s->bias) /* a whitening conv's bias starts at 0, as airbench's */
+        cfx_layer_add_tensor(L, "bias", CFX_TENSOR_PARAM,
+                             s->whiten ? CFX_INIT_ZERO : CFX_INIT_FAN_IN, 1, &s->out);
     L->fan_in = in->c * s->kernel * s->kernel;
     L->col_size = (size_t)in->c * s->kernel * s->kernel * oh * ow *
                   cfx_conv2d_chunk(max_batch, in->c, s->kernel, oh, ow);
@@ -413,9 +414,10 @@ const cfx_layer_kind cfx_kind_conv2d = {
     .torch_name = "Conv2d",
     .help = "2-D convolution (weight, bias); dirac=true: weight initialised as "
             "torch.nn.init.dirac_; identity=true: the default init, then dirac_ on the first "
-            "in filters (airbench; the others stay random); whiten=true: weight from the eigenvectors of the KxK patch "
+            "in filters (airbench; the others stay random); whiten=true: weight from the "
+            "eigenvectors of the KxK patch "
             "covariance of the first 5,000 training images, +-v / sqrt(eigenvalue + 5e-4), "
-            "out = 2 x in x K x K (airbench; pair with trainable=bias)",
+            "out = 2 x in x K x K, bias from 0 (airbench; pair with trainable=bias)",
     .options = conv2d_options,
     .n_options = sizeof conv2d_options / sizeof conv2d_options[0],
     .n_inputs = 1,
