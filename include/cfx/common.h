@@ -76,9 +76,6 @@ int cfx_thread_id(void);
 #define CFX_PARALLEL_MIN 32768
 /* How many blocks to split n elements into: one per thread, or 1 when small. */
 int cfx_blocks(size_t n);
-/* Start of block b of `blocks` over n elements (multiples of 16 floats, so
- * two threads never write one cache line); block `blocks` starts at n. */
-size_t cfx_block_start(size_t n, int blocks, int b);
 
 /* An element-wise kernel over n elements: out[i] from a[i] (and b[i]). */
 typedef void (*cfx_elementwise_fn)(float *out, const float *a, const float *b, size_t n);

@@ -124,7 +124,9 @@ int cfx_threads(void) { return thread_count; }
 
 int cfx_blocks(size_t n) { return n >= CFX_PARALLEL_MIN ? thread_count : 1; }
 
-size_t cfx_block_start(size_t n, int blocks, int b)
+/* Start of block b of `blocks` over n elements (multiples of 16 floats, so
+ * two threads never write one cache line); block `blocks` starts at n. */
+static size_t block_start(size_t n, int blocks, int b)
 {
     if (b >= blocks)
         return n;
@@ -137,7 +139,7 @@ void cfx_parallel_elementwise(cfx_elementwise_fn f, float *out, const float *a, 
     const int blocks = cfx_blocks(n);
     CFX_PARALLEL_FOR_IF(blocks > 1)
     for (int k = 0; k < blocks; k++) {
-        size_t lo = cfx_block_start(n, blocks, k), hi = cfx_block_start(n, blocks, k + 1);
+        size_t lo = block_start(n, blocks, k), hi = block_start(n, blocks, k + 1);
         f(out + lo, a + lo, b ? b + lo : NULL, hi - lo);
     }
 }

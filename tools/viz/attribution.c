@@ -50,6 +50,13 @@ void viz_input_gradient(cfx_model *m, int n, const int *classes, const float *x,
     memcpy(grad, m->dacts[0], input_len(m, n) * sizeof(float));
 }
 
+/* Samples of n images each that one pass of m holds: 1 to `total`. */
+static int samples_per_pass(const cfx_model *m, int n, int total)
+{
+    int per = m->max_batch / n;
+    return per < 1 ? 1 : per > total ? total : per;
+}
+
 /* Sums into sum[] the input gradients of the class scores at `samples`
  * inputs of n images each, several samples to a pass of m (as many as its
  * max_batch holds): make(ctx, s, in) writes sample s ([C][n][H][W]) into in,
@@ -60,8 +67,7 @@ static void summed_gradients(cfx_model *m, int n, const int *classes, int sample
                              void *ctx, double *sum)
 {
     const size_t plane = (size_t)m->in_h * m->in_w, len = input_len(m, n);
-    int per = m->max_batch / n;
-    per = per < 1 ? 1 : per > samples ? samples : per;
+    const int per = samples_per_pass(m, n, samples);
     const int nb = per * n;
     float *one = cfx_malloc(len * sizeof(float)),
           *in = cfx_malloc(input_len(m, nb) * sizeof(float)),
@@ -229,8 +235,7 @@ void viz_occlusion(cfx_model *m, int n, const int *classes, const float *x, int 
     /* as many squares to a forward pass as m holds: square j's image i is
      * image j * n + i of the pass */
     const int n_sq = ny * nx;
-    int per = m->max_batch / n;
-    per = per < 1 ? 1 : per > n_sq ? n_sq : per;
+    const int per = samples_per_pass(m, n, n_sq);
     float *occluded = cfx_malloc(input_len(m, per * n) * sizeof(float));
     double *score = cfx_malloc((size_t)per * n * sizeof(double));
     int *cls = cfx_malloc((size_t)per * n * sizeof *cls);
