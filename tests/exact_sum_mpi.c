@@ -4,7 +4,10 @@
  * cfx_exact_sum must give, on every rank and for every layout, bitwise the
  * sum that the steps compute in one process over all chunks. The per-chunk
  * statistics through cfx_exact_sum_double must agree bitwise across layouts,
- * and a NaN in one chunk must be reported by every rank. Rank 0 prints a
+ * and a NaN in one chunk must be reported by every rank. The same sums in
+ * gradient buckets (cfx_buckets, a communication thread, with other
+ * collectives on the main thread meanwhile) must give the same bits and
+ * find the same NaN. Rank 0 prints a
  * digest of the results, which tests/exact_sum_mpi.sh compares across rank
  * counts. Exit status 0 if all holds, 1 otherwise. */
 #include <math.h>
@@ -14,6 +17,7 @@
 #include <string.h>
 #include <mpi.h>
 
+#include "cfx/buckets.h"   /* defines: cfx_buckets */
 #include "cfx/dist.h"      /* defines: cfx_dist_slice */
 #include "cfx/exact_sum.h" /* defines: cfx_exact, cfx_exact_sum, cfx_exact_sum_double */
 #include "cfx/rng.h"       /* defines: cfx_rng */
@@ -78,9 +82,70 @@ static void reference(float **chunks, float *ref)
     cfx_exact_free(&x);
 }
 
+/* The sum of `mine` through gradient buckets, each segment a layer (layer 2
+ * has no floats), with bucket_bytes 0 (a bucket per layer) or 5000 (layers
+ * 3-4, then 0-2); between layers the main thread runs a statistics sum, as
+ * BatchNorm does during a backward pass. Returns the status, *bad_segment. */
+static int sum_in_buckets(cfx_exact *x, const float **mine, int m, size_t bucket_bytes, float *out,
+                          int *bad_segment)
+{
+    static const int layer_seg[N_SEGS + 1] = {0, 1, 2, 3, 4, 5};
+    cfx_buckets *b = NULL;
+    if (cfx_buckets_create(&b, x, layer_seg, N_SEGS, bucket_bytes, NULL) != 0)
+        return -1;
+    cfx_buckets_begin(b, mine, m, K, out);
+    for (int i = N_SEGS - 1; i >= 0; i--) {
+        double stat = 1.0, total = 0.0;
+        cfx_exact_sum_double(x, &stat, 1, 1, K, &total);
+        cfx_buckets_layer_done(b, i);
+    }
+    int status = cfx_buckets_end(b, bad_segment);
+    int sent = (int)cfx_buckets_sent(b),
+        planned = cfx_buckets_count(x, layer_seg, N_SEGS, bucket_bytes);
+    cfx_buckets_free(b);
+    if (sent != planned || sent != (bucket_bytes ? 2 : 4)) {
+        fprintf(stderr, "%zu bytes: %d buckets sent, %d planned\n", bucket_bytes, sent, planned);
+        return -1;
+    }
+    return status;
+}
+
+/* Buckets of both sizes give ref's bits; with a NaN in chunk 7 (segment 3)
+ * they report segment 3. Returns 1 if anything is wrong. */
+static int check_buckets(cfx_exact *x, const float **mine, int m, float **chunks, const float *ref,
+                         float *out, int rank, int l)
+{
+    int wrong = 0;
+    for (size_t bytes = 0; bytes <= 5000; bytes += 5000) {
+        int bad = -1;
+        memset(out, 0xff, N * sizeof *out);
+        int status = sum_in_buckets(x, mine, m, bytes, out, &bad);
+        if (status != CFX_EXACT_OK || memcmp(out, ref, N * sizeof *out)) {
+            fprintf(stderr, "rank %d, layout %d, buckets of %zu bytes: status %d, %s\n", rank, l,
+                    bytes, status, status ? "" : "not the one-process sum");
+            wrong = 1;
+        }
+        float keep = chunks[7][1500];
+        chunks[7][1500] = NAN;
+        status = sum_in_buckets(x, mine, m, bytes, out, &bad);
+        chunks[7][1500] = keep;
+        if (status != CFX_EXACT_NONFINITE || bad != 3) {
+            fprintf(stderr, "rank %d, buckets of %zu bytes: a NaN gives status %d, segment %d\n",
+                    rank, bytes, status, bad);
+            wrong = 1;
+        }
+    }
+    return wrong;
+}
+
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
+    int provided = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    if (provided < MPI_THREAD_MULTIPLE) {
+        fprintf(stderr, "exact_sum_mpi: this MPI gives no MPI_THREAD_MULTIPLE (cfx_buckets)\n");
+        return 1;
+    }
     int rank, size, bad = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -106,6 +171,7 @@ int main(int argc, char **argv)
                 memcpy(my_stats[m], stats[j], sizeof stats[j]);
                 mine[m++] = chunks[j];
             }
+        bad |= check_buckets(&x, mine, m, chunks, ref, out, rank, l);
         memset(out, 0xff, N * sizeof *out);
         int status = cfx_exact_sum(&x, mine, m, K, out);
         if (status != CFX_EXACT_OK || memcmp(out, ref, N * sizeof *out)) {

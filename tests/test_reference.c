@@ -493,7 +493,7 @@ static void test_replicas_match_torch(void **state)
     }
     printf("residual network in replicas of 1 and 3 images vs torch:\n");
     check_close("train.logits", logits, want, 40, MODEL_TOL);
-    cfx_replicas_backward(reps, counts, 2, sum_rows, NULL);
+    cfx_replicas_backward(reps, counts, 2, sum_rows, NULL, NULL);
     for (int i = 0; i < m.n_layers; i++)
         for (int t = 0; t < m.layers[i].n_tensors; t++) {
             const cfx_layer *L = &m.layers[i];

@@ -55,6 +55,8 @@ typedef struct {
     /* [dist] */
     int chunk;            /* images per gradient chunk (exact reduction) */
     char reduction[16];   /* exact | float */
+    int overlap;          /* exact reduction in buckets during the backward pass */
+    double bucket_mb;     /* gradient MB per bucket (overlap) */
     /* [runtime] */
     int blas_threads; /* per rank, 0 = cores of the node / ranks on the node */
 } cfx_config;

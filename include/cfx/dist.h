@@ -9,9 +9,11 @@ typedef struct {
     int rank, size;             /* in MPI_COMM_WORLD */
     int local_rank, local_size; /* among the ranks on this node */
     double allreduce_seconds;   /* time spent in cfx_dist_allreduce_sum */
+    int thread_multiple;        /* MPI allows calls from several threads at once */
 } cfx_dist;
 
-/* MPI_Init (unless already initialised) and the rank layout. */
+/* MPI_Init_thread asking for MPI_THREAD_MULTIPLE (unless already
+ * initialised) and the rank layout. */
 void cfx_dist_init(cfx_dist *d, int *argc, char ***argv);
 void cfx_dist_finalize(void);
 

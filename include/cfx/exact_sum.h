@@ -85,6 +85,18 @@ int cfx_exact_first_nonfinite(const cfx_exact *x);
 void cfx_exact_accumulate(cfx_exact *x, const float *const *chunks, int n_chunks, int max_terms);
 int cfx_exact_finish(cfx_exact *x, int max_terms, float *out);
 
+/* The same steps for segments [s0, s1) alone, which touch only those
+ * segments' bits, acc and out, so disjoint ranges may be summed one after
+ * another (cfx_buckets) and give the bits of a whole sum. The caller checks
+ * the chunk count (n_chunks <= max_terms); finish returns the first segment
+ * of the range whose sum is not finite, or -1. */
+void cfx_exact_scan_segments(cfx_exact *x, const float *const *chunks, int n_chunks, int s0,
+                             int s1);
+int cfx_exact_first_nonfinite_segments(const cfx_exact *x, int s0, int s1);
+void cfx_exact_accumulate_segments(cfx_exact *x, const float *const *chunks, int n_chunks,
+                                   int max_terms, int s0, int s1);
+int cfx_exact_finish_segments(const cfx_exact *x, int max_terms, float *out, int s0, int s1);
+
 /* The power-of-two exponent S of a segment whose largest |x| has the float
  * bit pattern max_bits (finite): values are stored as rint(x * 2^S). */
 int cfx_exact_shift(uint32_t max_bits, int max_terms);

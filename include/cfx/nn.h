@@ -289,8 +289,11 @@ typedef void (*cfx_reduce_rows_fn)(void *ctx, const double *rows, int n_rows, in
  * counts[r] = 0 adds nothing. */
 void cfx_replicas_forward(cfx_model *const *reps, const int *counts, int n_reps,
                           cfx_reduce_rows_fn reduce, void *ctx);
+/* Called by cfx_replicas_backward when every replica has finished the
+ * backward pass of layer i: the parameter gradients of layers i.. are final. */
+typedef void (*cfx_layer_done_fn)(void *ctx, int layer);
 void cfx_replicas_backward(cfx_model *const *reps, const int *counts, int n_reps,
-                           cfx_reduce_rows_fn reduce, void *ctx);
+                           cfx_reduce_rows_fn reduce, cfx_layer_done_fn done, void *ctx);
 
 /* Index of the layer with this name (or decimal index), -1 if none. */
 int cfx_model_find_layer(const cfx_model *m, const char *name);

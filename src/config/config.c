@@ -68,7 +68,8 @@ static const key_def KEYS[] = {
     {"train", "max_loss", KEY_DOUBLE, FIELD(max_loss), 1e-3, 1e300, NULL, "1000",
      "a step whose mean training loss exceeds this stops training as diverged, keeping the "
      "last good checkpoint (chance level is ln 10 = 2.3; an exploding run may stay finite)"},
-    {"optim", "name", KEY_STRING, FIELD(optim_name), 0, 0, "adam|sgd", NULL, "optimizer: adam or sgd"},
+    {"optim", "name", KEY_STRING, FIELD(optim_name), 0, 0, "adam|sgd", NULL,
+     "optimizer: adam or sgd"},
     {"optim", "lr", KEY_DOUBLE, FIELD(lr), 0, 1e6, NULL, NULL, "learning rate (> 0)"},
     {"optim", "beta1", KEY_DOUBLE, FIELD(beta1), 0, 0.999999, NULL, "0.9", "Adam beta1"},
     {"optim", "beta2", KEY_DOUBLE, FIELD(beta2), 0, 0.99999999, NULL, "0.999", "Adam beta2"},
@@ -119,6 +120,13 @@ static const key_def KEYS[] = {
      "images per chunk of the exact reduction: the unit of work a rank owns; larger chunks "
      "cost less (fewer sums, larger kernels), smaller ones share a batch among more ranks "
      "(at most batch_size / chunk ranks have work)"},
+    {"dist", "overlap", KEY_BOOL, FIELD(overlap), 0, 1, NULL, "true",
+     "exact reduction: sum the gradients in buckets while the backward pass runs (a "
+     "communication thread per rank, MPI_THREAD_MULTIPLE), instead of all at once after it; "
+     "the same bits either way"},
+    {"dist", "bucket_mb", KEY_DOUBLE, FIELD(bucket_mb), 0, 1e6, NULL, "1",
+     "dist.overlap: a bucket is sent once the layers finished since the last one hold this "
+     "many MB of gradients (floats), cut at layer boundaries; 0 = one bucket per layer"},
     {"runtime", "blas_threads", KEY_INT, FIELD(blas_threads), 0, 1024, NULL, "0",
      "threads per rank (0 = cores of the node / ranks on the node); the layers split their "
      "work over them in pieces that do not depend on the count, so any count gives the same "

@@ -11,10 +11,13 @@
 
 void cfx_dist_init(cfx_dist *d, int *argc, char ***argv)
 {
-    int initialised = 0;
+    int initialised = 0, provided = MPI_THREAD_SINGLE;
     MPI_Initialized(&initialised);
-    if (!initialised)
-        MPI_Init(argc, argv);
+    if (!initialised) /* threads for cfx_buckets' communication thread */
+        MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided);
+    else
+        MPI_Query_thread(&provided);
+    d->thread_multiple = provided >= MPI_THREAD_MULTIPLE;
     MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &d->size);
     MPI_Comm node;

@@ -102,9 +102,9 @@ CFX_SIMD_CLONES static void fixed_to_float(float *restrict out, const int64_t *r
 
 /* ---- the steps ----------------------------------------------------------- */
 
-void cfx_exact_scan(cfx_exact *x, const float *const *chunks, int n_chunks)
+void cfx_exact_scan_segments(cfx_exact *x, const float *const *chunks, int n_chunks, int s0, int s1)
 {
-    for (int s = 0; s < x->n_segs; s++) {
+    for (int s = s0; s < s1; s++) {
         size_t off = x->bounds[s], len = x->bounds[s + 1] - off;
         uint32_t m = 0;
         for (int c = 0; c < n_chunks; c++) {
@@ -115,24 +115,30 @@ void cfx_exact_scan(cfx_exact *x, const float *const *chunks, int n_chunks)
     }
 }
 
-int cfx_exact_first_nonfinite(const cfx_exact *x)
+void cfx_exact_scan(cfx_exact *x, const float *const *chunks, int n_chunks)
 {
-    for (int s = 0; s < x->n_segs; s++)
+    cfx_exact_scan_segments(x, chunks, n_chunks, 0, x->n_segs);
+}
+
+int cfx_exact_first_nonfinite_segments(const cfx_exact *x, int s0, int s1)
+{
+    for (int s = s0; s < s1; s++)
         if (x->bits[s] >= FINITE_LIMIT)
             return s;
     return -1;
 }
 
-void cfx_exact_accumulate(cfx_exact *x, const float *const *chunks, int n_chunks, int max_terms)
+int cfx_exact_first_nonfinite(const cfx_exact *x)
 {
-    x->acc[x->n] = n_chunks;
-    if (n_chunks > max_terms || n_chunks == 0) { /* too many: finish reports it */
-        memset(x->acc, 0, x->n * sizeof *x->acc);
-        return;
-    }
-    for (int s = 0; s < x->n_segs; s++) {
+    return cfx_exact_first_nonfinite_segments(x, 0, x->n_segs);
+}
+
+void cfx_exact_accumulate_segments(cfx_exact *x, const float *const *chunks, int n_chunks,
+                                   int max_terms, int s0, int s1)
+{
+    for (int s = s0; s < s1; s++) {
         size_t off = x->bounds[s], len = x->bounds[s + 1] - off;
-        if (x->bits[s] == 0) { /* all zeros on every rank */
+        if (x->bits[s] == 0 || n_chunks == 0) { /* all zeros on every rank, or no chunk here */
             memset(x->acc + off, 0, len * sizeof *x->acc);
             continue;
         }
@@ -146,22 +152,38 @@ void cfx_exact_accumulate(cfx_exact *x, const float *const *chunks, int n_chunks
     }
 }
 
-int cfx_exact_finish(cfx_exact *x, int max_terms, float *out)
+void cfx_exact_accumulate(cfx_exact *x, const float *const *chunks, int n_chunks, int max_terms)
 {
-    if (max_terms < 1 || x->acc[x->n] > max_terms)
-        return CFX_EXACT_TOO_MANY;
-    x->bad_segment = -1;
-    for (int s = 0; s < x->n_segs; s++) {
+    x->acc[x->n] = n_chunks;
+    if (n_chunks > max_terms) { /* too many: finish reports it */
+        memset(x->acc, 0, x->n * sizeof *x->acc);
+        return;
+    }
+    cfx_exact_accumulate_segments(x, chunks, n_chunks, max_terms, 0, x->n_segs);
+}
+
+int cfx_exact_finish_segments(const cfx_exact *x, int max_terms, float *out, int s0, int s1)
+{
+    int bad = -1;
+    for (int s = s0; s < s1; s++) {
         size_t off = x->bounds[s], len = x->bounds[s + 1] - off;
         int shift = x->bits[s] ? cfx_exact_shift(x->bits[s], max_terms) : 0;
         int a = shift < 126 ? shift : 126; /* 2^-a and 2^-(shift - a) are normal floats */
         fixed_to_float(out + off, x->acc + off, len, ldexpf(1.0f, -a), ldexpf(1.0f, a - shift));
         /* |sum| < 2^(e + L): only e + L >= 128 can round to infinity */
         int e_plus_l = 62 - shift;
-        if (x->bits[s] && e_plus_l >= 128 && x->bad_segment < 0 &&
+        if (x->bits[s] && e_plus_l >= 128 && bad < 0 &&
             max_abs_bits(out + off, len) >= FINITE_LIMIT)
-            x->bad_segment = s;
+            bad = s;
     }
+    return bad;
+}
+
+int cfx_exact_finish(cfx_exact *x, int max_terms, float *out)
+{
+    if (max_terms < 1 || x->acc[x->n] > max_terms)
+        return CFX_EXACT_TOO_MANY;
+    x->bad_segment = cfx_exact_finish_segments(x, max_terms, out, 0, x->n_segs);
     return x->bad_segment < 0 ? CFX_EXACT_OK : CFX_EXACT_NONFINITE;
 }
 

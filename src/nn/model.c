@@ -576,7 +576,7 @@ void cfx_replicas_forward(cfx_model *const *reps, const int *counts, int n_reps,
 }
 
 void cfx_replicas_backward(cfx_model *const *reps, const int *counts, int n_reps,
-                           cfx_reduce_rows_fn reduce, void *ctx)
+                           cfx_reduce_rows_fn reduce, cfx_layer_done_fn done, void *ctx)
 {
     for (int i = reps[0]->n_layers - 1; i >= 0; i--) {
         double t0 = cfx_now();
@@ -587,6 +587,8 @@ void cfx_replicas_backward(cfx_model *const *reps, const int *counts, int n_reps
             if (counts[r])
                 backward_layer(reps[r], i, counts[r]);
         reps[0]->layers[i].backward_seconds += cfx_now() - t0;
+        if (done)
+            done(ctx, i);
     }
 }
 

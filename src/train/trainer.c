@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cfx/buckets.h"    /* defines: cfx_buckets (dist.overlap) */
 #include "cfx/checkpoint.h" /* defines: cfx_checkpoint_write/read, cfx_metrics_append */
 #include "cfx/exact_sum.h"  /* defines: cfx_exact, cfx_exact_sum, cfx_exact_sum_double */
 #include "cfx/optim.h"      /* defines: cfx_optim */
@@ -316,6 +317,7 @@ typedef struct {
     cfx_model **rep_ptrs;
     int *rep_counts;
     cfx_exact exact;
+    cfx_buckets *buckets; /* dist.overlap: the sum runs during the backward pass */
     double epoch_start, reduce_before;
     double loss_sum, correct; /* of the current epoch so far */
 } trainer;
@@ -399,6 +401,13 @@ static void reduce_rows_exact(void *ctx, const double *rows, int n_rows, int n, 
             total[i] = NAN; /* a non-finite statistic: the gradients will say so */
 }
 
+/* The backward pass has finished `layer`: its bucket may go. */
+static void layer_done(void *ctx, int layer)
+{
+    trainer *t = ctx;
+    cfx_buckets_layer_done(t->buckets, layer);
+}
+
 /* dist.reduction = exact: a replica for each chunk this rank may own in a
  * step, sharing the model's state, and the fixed-point sum of gradients
  * with one scale per parameter tensor. */
@@ -424,6 +433,31 @@ static int setup_replicas(trainer *t, cfx_error *err)
                 seg[n_segs++] = m->layers[i].tensors[k].count;
     int rc = cfx_exact_create(&t->exact, m->n_params, seg, n_segs, err);
     free(seg);
+    return rc;
+}
+
+/* dist.overlap: buckets of the exact sum cut at layer boundaries. */
+static int setup_buckets(trainer *t, cfx_error *err)
+{
+    const cfx_model *m = &t->model;
+    if (!t->d->thread_multiple) {
+        if (t->root)
+            printf("note: dist.overlap: this MPI gives no MPI_THREAD_MULTIPLE; the gradients "
+                   "are summed after the backward pass\n");
+        return 0;
+    }
+    int *layer_seg = cfx_malloc(((size_t)m->n_layers + 1) * sizeof *layer_seg), n_segs = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        layer_seg[i] = n_segs;
+        for (int k = 0; k < m->layers[i].n_tensors; k++)
+            n_segs += m->layers[i].tensors[k].store == CFX_TENSOR_PARAM;
+    }
+    layer_seg[m->n_layers] = n_segs;
+    size_t bytes = (size_t)(t->cfg->bucket_mb * 1e6);
+    int rc = cfx_buckets_count(&t->exact, layer_seg, m->n_layers, bytes) < 2
+                 ? 0 /* one bucket: nothing to overlap */
+                 : cfx_buckets_create(&t->buckets, &t->exact, layer_seg, m->n_layers, bytes, err);
+    free(layer_seg);
     return rc;
 }
 
@@ -458,6 +492,7 @@ static int trainer_setup(trainer *t, cfx_error *err)
         cfx_lookahead_start(&t->optim, t->model.params, t->model.n_params + t->model.n_buffers);
     }
     ok = ok && (!t->exact_mode || setup_replicas(t, err) == 0);
+    ok = ok && (!t->exact_mode || !cfg->overlap || setup_buckets(t, err) == 0);
     if (ok && t->root)
         ok =
             run_files_init(&t->files, cfg, t->d, t->opt->config_text, cfx_blas_threads(), err) == 0;
@@ -750,17 +785,26 @@ static int train_step_exact(trainer *t, int epoch, int step, cfx_error *err)
         stats[2 * r + 1] = (double)correct;
     }
     t->pt.forward += cfx_now() - t0;
+    const float **g = cfx_malloc((size_t)t->n_reps * sizeof *g);
+    for (int r = 0; r < n_chunks; r++)
+        g[r] = t->reps[r].grads;
+    if (t->buckets)
+        cfx_buckets_begin(t->buckets, g, n_chunks, t->max_terms, t->model.grads);
     t0 = cfx_now();
-    cfx_replicas_backward(t->rep_ptrs, t->rep_counts, t->n_reps, reduce_rows_exact, t);
+    cfx_replicas_backward(t->rep_ptrs, t->rep_counts, t->n_reps, reduce_rows_exact,
+                          t->buckets ? layer_done : NULL, t);
     t->pt.backward += cfx_now() - t0;
     t0 = cfx_now();
     int flags[2] = {stop_requested != 0, t->root_failed};
     cfx_dist_allreduce_max_int(flags, 2);
-    const float **g = cfx_malloc((size_t)t->n_reps * sizeof *g);
-    for (int r = 0; r < n_chunks; r++)
-        g[r] = t->reps[r].grads;
-    int status = cfx_exact_sum(&t->exact, g, n_chunks, t->max_terms, t->model.grads);
-    int bad = t->exact.bad_segment;
+    double wait0 = cfx_now();
+    int bad = -1,
+        status = t->buckets ? cfx_buckets_end(t->buckets, &bad)
+                            : cfx_exact_sum(&t->exact, g, n_chunks, t->max_terms, t->model.grads);
+    if (t->buckets)
+        t->d->allreduce_seconds += cfx_now() - wait0; /* what the overlap did not hide */
+    else
+        bad = t->exact.bad_segment;
     double sums[2] = {0.0, 0.0};
     int stat_status = cfx_exact_sum_double(&t->exact, stats, n_chunks, 2, t->max_terms, sums);
     free((void *)g);
@@ -851,6 +895,10 @@ static void print_epoch(const trainer *t, const cfx_epoch_metrics *row, int impr
                "optimizer %.2f s, validation %.2f s, checkpoint %.2f s\n",
                pt->data, pt->forward, pt->backward, pt->allreduce, pt->optimizer, pt->validation,
                pt->checkpoint);
+    if (getenv("CFX_PHASE_TIMES") && t->buckets)
+        printf("  overlap: %ld gradient buckets so far, summed in %.2f s beside the backward "
+               "pass\n",
+               cfx_buckets_sent(t->buckets), cfx_buckets_busy_seconds(t->buckets));
     fflush(stdout);
 }
 
@@ -981,6 +1029,7 @@ static void trainer_free(trainer *t)
     free(t->reps);
     free(t->rep_ptrs);
     free(t->rep_counts);
+    cfx_buckets_free(t->buckets);
     cfx_exact_free(&t->exact);
     cfx_model_free(&t->model);
     cfx_split_free(&t->split);
