@@ -4,9 +4,9 @@
 #           epoch partial) with 1, 2, 3 and 4 ranks end with bitwise equal
 #           weights, buffers and optimizer state (/model, /optimizer), and
 #           the same metrics log and test metrics (on 500 test images);
-#           so do 1 rank with 3 threads, 3 ranks summing a gradient bucket
-#           per layer during the backward pass (dist.bucket_mb=0) and 2
-#           ranks summing after it (dist.overlap=false);
+#           so do 1 rank with 3 threads and 3 and 2 ranks summing the
+#           gradients in buckets during the backward pass (dist.overlap, a
+#           bucket per layer and buckets of 20 KB);
 #   resume  a run stopped mid-epoch on 2 ranks and resumed on 3, and one
 #           resumed on 1, end bitwise equal to the uninterrupted run.
 # The float reduction (dist.reduction = float) is shown to differ, so the
@@ -81,12 +81,12 @@ ranks)
     # do not depend on the thread count, so the bits are 1 thread's
     run 1 "$work/threads3" --set runtime.blas_threads=3
     expect_same "$work/np1" "$work/threads3" "1 rank with 3 threads"
-    # dist.overlap: a bucket per layer summed during the backward pass, or one
-    # sum after it, give the bits of the default buckets
-    run 3 "$work/buckets3" --set dist.bucket_mb=0
+    # dist.overlap: gradients summed in buckets during the backward pass, one
+    # per layer or a few layers each, give the bits of one sum after it
+    run 3 "$work/buckets3" --set dist.overlap=true --set dist.bucket_mb=0
     expect_same "$work/np1" "$work/buckets3" "3 ranks, a gradient bucket per layer"
-    run 2 "$work/nooverlap2" --set dist.overlap=false
-    expect_same "$work/np1" "$work/nooverlap2" "2 ranks, gradients summed after the backward pass"
+    run 2 "$work/buckets2" --set dist.overlap=true --set dist.bucket_mb=0.02
+    expect_same "$work/np1" "$work/buckets2" "2 ranks, gradient buckets of 20 KB"
     run 2 "$work/float2" --set dist.reduction=float
     if same "$work/np1" "$work/float2"; then
         echo "FAIL: the float reduction on 2 ranks gave 1 rank's exact bits: the check is vacuous"

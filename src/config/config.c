@@ -120,10 +120,12 @@ static const key_def KEYS[] = {
      "images per chunk of the exact reduction: the unit of work a rank owns; larger chunks "
      "cost less (fewer sums, larger kernels), smaller ones share a batch among more ranks "
      "(at most batch_size / chunk ranks have work)"},
-    {"dist", "overlap", KEY_BOOL, FIELD(overlap), 0, 1, NULL, "true",
+    {"dist", "overlap", KEY_BOOL, FIELD(overlap), 0, 1, NULL, "false",
      "exact reduction: sum the gradients in buckets while the backward pass runs (a "
      "communication thread per rank, MPI_THREAD_MULTIPLE), instead of all at once after it; "
-     "the same bits either way"},
+     "the same bits either way. Pays on slow links for networks without synchronised "
+     "BatchNorm, whose batch sums in the backward pass would queue behind the buckets "
+     "(README, Scaling)"},
     {"dist", "bucket_mb", KEY_DOUBLE, FIELD(bucket_mb), 0, 1e6, NULL, "1",
      "dist.overlap: a bucket is sent once the layers finished since the last one hold this "
      "many MB of gradients (floats), cut at layer boundaries; 0 = one bucket per layer"},

@@ -12,7 +12,7 @@
 #include "cfx/buckets.h" /* defines: cfx_buckets */
 #include "cfx/common.h"  /* defines: cfx_malloc, cfx_fail, cfx_now */
 
-#define POLL_NS 20000 /* the thread tests its requests this often while waiting */
+#define POLL_NS 50000 /* the thread tests its requests this often while waiting */
 
 struct cfx_buckets {
     cfx_exact *x;
