@@ -17,7 +17,7 @@
 struct cfx_buckets {
     cfx_exact *x;
     MPI_Comm comm; /* the buckets' own: their collectives never meet the main thread's */
-    int *layer_seg, n_layers;
+    int *layer_seg;
     size_t bucket_bytes;
     /* this step (set by begin, read by the thread) */
     const float *const *chunks;
@@ -116,14 +116,19 @@ static void send_from(cfx_buckets *b, int s0)
     b->sent++;
 }
 
+/* Segments [s0, unsent) hold enough gradients to go as a bucket. */
+static int bucket_full(const cfx_exact *x, int s0, int unsent, size_t bucket_bytes)
+{
+    size_t floats = x->bounds[unsent] - x->bounds[s0];
+    return floats > 0 && floats * sizeof(float) >= bucket_bytes;
+}
+
 int cfx_buckets_count(const cfx_exact *x, const int *layer_seg, int n_layers, size_t bucket_bytes)
 {
     int count = 0, unsent = x->n_segs;
-    for (int i = n_layers - 1; i >= 0; i--) {
-        size_t floats = x->bounds[unsent] - x->bounds[layer_seg[i]];
-        if (floats > 0 && (floats * sizeof(float) >= bucket_bytes || i == 0))
+    for (int i = n_layers - 1; i >= 0; i--)
+        if (bucket_full(x, layer_seg[i], unsent, i == 0 ? 0 : bucket_bytes))
             count++, unsent = layer_seg[i];
-    }
     return count;
 }
 
@@ -135,7 +140,6 @@ int cfx_buckets_create(cfx_buckets **out, cfx_exact *x, const int *layer_seg, in
                         x->n_segs);
     cfx_buckets *b = cfx_calloc(1, sizeof *b);
     b->x = x;
-    b->n_layers = n_layers;
     b->bucket_bytes = bucket_bytes;
     b->layer_seg = cfx_malloc(((size_t)n_layers + 1) * sizeof *b->layer_seg);
     memcpy(b->layer_seg, layer_seg, ((size_t)n_layers + 1) * sizeof *layer_seg);
@@ -185,10 +189,8 @@ void cfx_buckets_begin(cfx_buckets *b, const float *const *chunks, int n_chunks,
 
 void cfx_buckets_layer_done(cfx_buckets *b, int layer)
 {
-    int s0 = b->layer_seg[layer];
-    size_t floats = b->x->bounds[b->unsent] - b->x->bounds[s0];
-    if (floats > 0 && floats * sizeof(float) >= b->bucket_bytes)
-        send_from(b, s0);
+    if (bucket_full(b->x, b->layer_seg[layer], b->unsent, b->bucket_bytes))
+        send_from(b, b->layer_seg[layer]);
 }
 
 int cfx_buckets_end(cfx_buckets *b, int *bad_segment)

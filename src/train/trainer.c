@@ -408,9 +408,26 @@ static void layer_done(void *ctx, int layer)
     cfx_buckets_layer_done(t->buckets, layer);
 }
 
+/* dist.overlap: buckets of the exact sum cut at layer boundaries
+ * (layer_seg: the first segment of each layer, then the number of segments). */
+static int setup_buckets(trainer *t, const int *layer_seg, cfx_error *err)
+{
+    if (!t->d->thread_multiple) {
+        if (t->root)
+            printf("note: dist.overlap: this MPI gives no MPI_THREAD_MULTIPLE; the gradients "
+                   "are summed after the backward pass\n");
+        return 0;
+    }
+    size_t bytes = (size_t)(t->cfg->bucket_mb * 1e6);
+    int n_layers = t->model.n_layers;
+    if (cfx_buckets_count(&t->exact, layer_seg, n_layers, bytes) < 2)
+        return 0; /* one bucket: nothing to overlap */
+    return cfx_buckets_create(&t->buckets, &t->exact, layer_seg, n_layers, bytes, err);
+}
+
 /* dist.reduction = exact: a replica for each chunk this rank may own in a
  * step, sharing the model's state, and the fixed-point sum of gradients
- * with one scale per parameter tensor. */
+ * with one scale per parameter tensor (in buckets with dist.overlap). */
 static int setup_replicas(trainer *t, cfx_error *err)
 {
     const cfx_model *m = &t->model;
@@ -427,36 +444,18 @@ static int setup_replicas(trainer *t, cfx_error *err)
     for (int i = 0; i < m->n_layers; i++)
         n_tensors += m->layers[i].n_tensors;
     size_t *seg = cfx_malloc(((size_t)n_tensors + 1) * sizeof *seg);
-    for (int i = 0; i < m->n_layers; i++)
-        for (int k = 0; k < m->layers[i].n_tensors; k++)
-            if (m->layers[i].tensors[k].store == CFX_TENSOR_PARAM)
-                seg[n_segs++] = m->layers[i].tensors[k].count;
-    int rc = cfx_exact_create(&t->exact, m->n_params, seg, n_segs, err);
-    free(seg);
-    return rc;
-}
-
-/* dist.overlap: buckets of the exact sum cut at layer boundaries. */
-static int setup_buckets(trainer *t, cfx_error *err)
-{
-    const cfx_model *m = &t->model;
-    if (!t->d->thread_multiple) {
-        if (t->root)
-            printf("note: dist.overlap: this MPI gives no MPI_THREAD_MULTIPLE; the gradients "
-                   "are summed after the backward pass\n");
-        return 0;
-    }
-    int *layer_seg = cfx_malloc(((size_t)m->n_layers + 1) * sizeof *layer_seg), n_segs = 0;
+    int *layer_seg = cfx_malloc(((size_t)m->n_layers + 1) * sizeof *layer_seg);
     for (int i = 0; i < m->n_layers; i++) {
         layer_seg[i] = n_segs;
         for (int k = 0; k < m->layers[i].n_tensors; k++)
-            n_segs += m->layers[i].tensors[k].store == CFX_TENSOR_PARAM;
+            if (m->layers[i].tensors[k].store == CFX_TENSOR_PARAM)
+                seg[n_segs++] = m->layers[i].tensors[k].count;
     }
     layer_seg[m->n_layers] = n_segs;
-    size_t bytes = (size_t)(t->cfg->bucket_mb * 1e6);
-    int rc = cfx_buckets_count(&t->exact, layer_seg, m->n_layers, bytes) < 2
-                 ? 0 /* one bucket: nothing to overlap */
-                 : cfx_buckets_create(&t->buckets, &t->exact, layer_seg, m->n_layers, bytes, err);
+    int rc = cfx_exact_create(&t->exact, m->n_params, seg, n_segs, err);
+    if (rc == 0 && t->cfg->overlap)
+        rc = setup_buckets(t, layer_seg, err);
+    free(seg);
     free(layer_seg);
     return rc;
 }
@@ -492,7 +491,6 @@ static int trainer_setup(trainer *t, cfx_error *err)
         cfx_lookahead_start(&t->optim, t->model.params, t->model.n_params + t->model.n_buffers);
     }
     ok = ok && (!t->exact_mode || setup_replicas(t, err) == 0);
-    ok = ok && (!t->exact_mode || !cfg->overlap || setup_buckets(t, err) == 0);
     if (ok && t->root)
         ok =
             run_files_init(&t->files, cfg, t->d, t->opt->config_text, cfx_blas_threads(), err) == 0;
