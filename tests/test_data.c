@@ -18,7 +18,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cfx/data.h" /* defines: cfx_dataset_open, cfx_split_make, cfx_batch_fill */
+#include "cfx/data.h"  /* defines: cfx_dataset_open, cfx_split_make, cfx_batch_fill */
+#include "cfx/nn.h"    /* defines: cfx_model, cfx_parse_layers */
+#include "cfx/train.h" /* defines: cfx_evaluate_views */
 
 #define S CFX_IMAGE_SIZE
 #define HW (CFX_IMAGE_SIZE * CFX_IMAGE_SIZE)
@@ -566,7 +568,8 @@ static void test_batch_views(void **state)
     const int idx[2] = {2, 0}, n = 2;
     float *out = malloc(sizeof(float) * CFX_IMAGE_PIXELS * n);
     int labels[2];
-    const cfx_view views[] = {{0, 0, 1, 0}, {1, 1, 0, 1}, {-1, -1, 1, 1}, {2, -3, 0, 0}};
+    const cfx_view views[] = {
+        {0, 0, 1, 0, 1}, {1, 1, 0, 1, 1}, {-1, -1, 1, 1, 1}, {2, -3, 0, 0, 1}};
     for (size_t v = 0; v < sizeof views / sizeof views[0]; v++) {
         const cfx_view *w = &views[v];
         cfx_batch_fill_view(out, labels, &ds, idx, n, w);
@@ -593,6 +596,64 @@ static void test_batch_views(void **state)
     assert_int_equal(cfx_tta_views("flip_translate", tta), 6);
     assert_int_equal(cfx_tta_views("crop", tta), 0);
     free(out);
+    cfx_dataset_close(&ds);
+}
+
+/* flip_translate weighs views as airbench's TTA does: (mirror(x) +
+ * (mirror(up-left) + mirror(down-right)) / 2) / 2 with mirror(v) the mean
+ * of v and its flip. cfx_evaluate_views's probabilities against that sum
+ * of the views' logits, on a linear model. */
+static void test_tta_weights(void **state)
+{
+    (void)state;
+    const float airbench[6] = {0.25f, 0.25f, 0.125f, 0.125f, 0.125f, 0.125f};
+    cfx_view tta[CFX_MAX_VIEWS];
+    assert_int_equal(cfx_tta_views("flip_translate", tta), 6);
+    for (int v = 0; v < 6; v++) /* unshifted pair first, each pair plain then flipped */
+        assert_true(tta[v].weight == airbench[v] && tta[v].flip == v % 2 &&
+                    tta[v].dy == (v < 2   ? 0
+                                  : v < 4 ? -1
+                                          : 1));
+    cfx_tta_views("flip", tta);
+    assert_true(tta[0].weight == 0.5f && tta[1].weight == 0.5f);
+    cfx_tta_views("none", tta);
+    assert_true(tta[0].weight == 1.0f);
+
+    enum { N = 3, K = 10 };
+    cfx_dataset ds;
+    open_small(&ds, N, 6);
+    cfx_layer_spec specs[CFX_MAX_LAYERS];
+    int n_specs = 0, idx[N] = {2, 0, 1}, labels[N];
+    cfx_error err;
+    cfx_model m;
+    assert_int_equal(cfx_parse_layers("flatten; linear out=10", specs, &n_specs, &err), 0);
+    assert_int_equal(cfx_model_create(&m, specs, n_specs, 3, S, S, N, 0, &err), 0);
+    for (size_t j = 0; j < m.n_params; j++) /* weights that tell the views apart */
+        m.params[j] = (float)((j * 2654435761u) % 1001) / 500.0f - 1.0f;
+    double want[N][K] = {{0}}, want_loss = 0.0;
+    cfx_tta_views("flip_translate", tta);
+    for (int v = 0; v < 6; v++) {
+        cfx_batch_fill_view(m.acts[0], labels, &ds, idx, N, &tta[v]);
+        const float *logits = cfx_model_forward(&m, N);
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < K; k++)
+                want[i][k] += airbench[v] * logits[i * K + k];
+    }
+    float probs[N * K];
+    cfx_eval_result res;
+    cfx_evaluate_views(&m, &ds, idx, N, tta, 6, &res, NULL, probs);
+    for (int i = 0; i < N; i++) {
+        double top = want[i][0], z = 0.0;
+        for (int k = 1; k < K; k++)
+            top = want[i][k] > top ? want[i][k] : top;
+        for (int k = 0; k < K; k++)
+            z += exp(want[i][k] - top);
+        for (int k = 0; k < K; k++)
+            assert_true(fabs(probs[i * K + k] - exp(want[i][k] - top) / z) < 1e-5);
+        want_loss += (log(z) + top - want[i][labels[i]]) / N;
+    }
+    assert_true(fabs(res.loss - want_loss) < 1e-4 * (1.0 + want_loss));
+    cfx_model_free(&m);
     cfx_dataset_close(&ds);
 }
 
@@ -639,7 +700,7 @@ static void test_augment_modes(void **state)
     for (int i = 0; i < 3; i++) {
         int dy, dx, f;
         cfx_augment_draw(&refl, idx[i], &dy, &dx, &f);
-        cfx_view v = {dy - 2, dx - 2, f, 1};
+        cfx_view v = {dy - 2, dx - 2, f, 1, 1};
         cfx_batch_fill_view(one, labels, &ds, &idx[i], 1, &v);
         for (int c = 0; c < CFX_IMAGE_CHANNELS; c++)
             assert_memory_equal(out + ((size_t)c * 3 + i) * HW, one + (size_t)c * HW,
@@ -888,6 +949,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_reads_back_exactly),
         cmocka_unit_test(test_batch_views),
+        cmocka_unit_test(test_tta_weights),
         cmocka_unit_test(test_augment_modes),
         cmocka_unit_test(test_open_missing_file),
         cmocka_unit_test(test_open_empty_file),

@@ -108,6 +108,7 @@ void cfx_batch_fill(float *out, int *labels, const cfx_dataset *ds, const int *i
  * (a black pixel) or the reflection (PyTorch's reflect padding). */
 typedef struct {
     int dy, dx, flip, reflect;
+    float weight; /* its share of the test-time-augmented logits (cfx_tta_views) */
 } cfx_view;
 
 /* cfx_batch_fill with the same view for every image. */
@@ -116,9 +117,10 @@ void cfx_batch_fill_view(float *out, int *labels, const cfx_dataset *ds, const i
 
 #define CFX_MAX_VIEWS 6
 /* The test-time augmentation views named by train.tta: none (the image),
- * flip (and its mirror image), flip_translate (both, each also shifted by
- * one pixel up-left and down-right with reflection: 6 views). Returns their
- * number, 0 for an unknown name. */
+ * flip (and its mirror image, 1/2 each), flip_translate (both, each also
+ * shifted by one pixel up-left and down-right with reflection: 6 views; as
+ * airbench's, the unshifted pair weighs 1/4 each and the four shifted views
+ * 1/8). Returns their number, 0 for an unknown name. */
 int cfx_tta_views(const char *name, cfx_view *views);
 
 #endif

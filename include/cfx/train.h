@@ -48,7 +48,8 @@ typedef struct {
 void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
                   cfx_eval_result *result, int *predictions, float *probs);
 /* The same with test-time augmentation: the logits of each image are the
- * mean over views[0..n_views) (cfx_tta_views), loss and predictions from them. */
+ * weighted sum over views[0..n_views) (cfx_tta_views), loss and predictions
+ * from them. */
 void cfx_evaluate_views(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
                         const cfx_view *views, int n_views, cfx_eval_result *result,
                         int *predictions, float *probs);

@@ -61,7 +61,8 @@ static const key_def KEYS[] = {
     {"train", "tta", KEY_STRING, FIELD(tta), 0, 0, "none|flip|flip_translate", "none",
      "test-time augmentation of validation, test and --eval: the mean logits of the image "
      "and its mirror image (flip), also shifted by one pixel both ways with reflection "
-     "(flip_translate, 6 views); logs/metrics.h5 records it (attribute tta)"},
+     "(flip_translate, 6 views: as airbench, the unshifted pair weighs 1/4 each, the "
+     "shifted ones 1/8); logs/metrics.h5 records it (attribute tta)"},
     {"train", "validation_tta", KEY_BOOL, FIELD(validation_tta), 0, 1, NULL, "true",
      "apply train.tta to the validation pass of every epoch too (false: plain validation, "
      "the views only for the final test and --eval; TTA multiplies a pass's cost by its views)"},

@@ -88,7 +88,7 @@ void cfx_batch_fill(float *out, int *labels, const cfx_dataset *ds, const int *i
         int dy = P, dx = P, flip = 0;
         if (on)
             cfx_augment_draw(aug, idx, &dy, &dx, &flip);
-        cfx_view v = {dy - P, dx - P, flip, on && aug->reflect};
+        cfx_view v = {dy - P, dx - P, flip, on && aug->reflect, 1.0f};
         fill_image(out, n, i, record + 1, lut, &v);
     }
 }
@@ -110,13 +110,17 @@ int cfx_tta_views(const char *name, cfx_view *views)
 {
     int n = 0;
     if (!strcmp(name, "none")) {
-        views[n++] = (cfx_view){0, 0, 0, 1};
+        views[n++] = (cfx_view){0, 0, 0, 1, 1.0f};
     } else if (!strcmp(name, "flip") || !strcmp(name, "flip_translate")) {
+        /* airbench: half the image and its mirror, half the four shifted views */
         int shifts = !strcmp(name, "flip") ? 1 : 3;
         const int d[3] = {0, -1, 1};
         for (int s = 0; s < shifts; s++)
             for (int f = 0; f < 2; f++)
-                views[n++] = (cfx_view){d[s], d[s], f, 1};
+                views[n++] = (cfx_view){d[s], d[s], f, 1,
+                                        shifts == 1 ? 0.5f
+                                        : s == 0    ? 0.25f
+                                                    : 0.125f};
     }
     return n;
 }

@@ -17,8 +17,9 @@ static void softmax_row(const float *z, int K, int arg, float *p)
         p[k] = (float)(exp((double)z[k] - (double)z[arg]) / sum);
 }
 
-/* Forward passes of images [start, start + count) in every view; their mean
- * logits in mean[count][K] (a single view: the logits themselves). */
+/* Forward passes of images [start, start + count) in every view; their
+ * logits weighted by the views' weights in mean[count][K] (a single view of
+ * weight 1: the logits themselves). */
 static void view_logits(cfx_model *m, const cfx_dataset *ds, const int *indices, int count,
                         const cfx_view *views, int n_views, int *labels, float *mean)
 {
@@ -27,12 +28,10 @@ static void view_logits(cfx_model *m, const cfx_dataset *ds, const int *indices,
     for (int v = 0; v < n_views; v++) {
         cfx_batch_fill_view(m->acts[0], labels, ds, indices, count, &views[v]);
         const float *logits = cfx_model_forward(m, count);
+        const float w = views[v].weight;
         for (size_t j = 0; j < size; j++)
-            mean[j] = v == 0 ? logits[j] : mean[j] + logits[j];
+            mean[j] = v == 0 ? w * logits[j] : mean[j] + w * logits[j];
     }
-    if (n_views > 1)
-        for (size_t j = 0; j < size; j++)
-            mean[j] /= (float)n_views;
 }
 
 static void evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
@@ -82,7 +81,7 @@ void cfx_evaluate_views(cfx_model *m, const cfx_dataset *ds, const int *indices,
 void cfx_evaluate(cfx_model *m, const cfx_dataset *ds, const int *indices, int n,
                   cfx_eval_result *result, int *predictions, float *probs)
 {
-    const cfx_view identity = {0, 0, 0, 0};
+    const cfx_view identity = {0, 0, 0, 0, 1.0f};
     evaluate(m, ds, indices, n, &identity, 1, result, predictions, probs, NULL, NULL);
 }
 
@@ -90,6 +89,6 @@ void cfx_evaluate_observed(cfx_model *m, const cfx_dataset *ds, const int *indic
                            cfx_eval_result *result, int *predictions, float *probs,
                            cfx_eval_observer observe, void *ctx)
 {
-    const cfx_view identity = {0, 0, 0, 0};
+    const cfx_view identity = {0, 0, 0, 0, 1.0f};
     evaluate(m, ds, indices, n, &identity, 1, result, predictions, probs, observe, ctx);
 }
