@@ -60,6 +60,22 @@ check_whitening_and_lookahead() {
     ! h5diff "$work/nolook/checkpoints/last.h5" "$f1" /model /model > /dev/null ||
         { echo "FAIL: optim.lookahead_steps changes nothing"; exit 1; }
     echo "ok: whitening weight and BatchNorm scale frozen, biases train; lookahead matters"
+    # train_epochs=2: the whitening bias trains in epochs 1 and 2, then stays
+    # (without lookahead, whose average would still move toward it); the run
+    # stopped in epoch 2 (step 20; 16 steps an epoch) and in epoch 3 (step 37)
+    local at
+    for at in 20 37; do
+        CFX_FAULT_STEP=$at run 1 "$work/nolook$at" --set optim.lookahead_steps=0 || true
+    done
+    local s20=$work/nolook20/checkpoints/last.h5 s37=$work/nolook37/checkpoints/last.h5
+    local n4=$work/nolook/checkpoints/last.h5
+    ! h5diff "$s20" "$s37" /model/whiten.bias /model/whiten.bias > /dev/null ||
+        { echo "FAIL: train_epochs=2: whiten.bias did not train in epoch 2"; exit 1; }
+    h5diff "$s37" "$n4" /model/whiten.bias /model/whiten.bias > /dev/null ||
+        { echo "FAIL: train_epochs=2: whiten.bias changed after epoch 2"; exit 1; }
+    ! h5diff "$s37" "$n4" /model/norm1.bias /model/norm1.bias > /dev/null ||
+        { echo "FAIL: train_epochs=2: norm1.bias stopped training too"; exit 1; }
+    echo "ok: train_epochs=2 freezes the whitening bias after epoch 2, the rest trains on"
 }
 
 run 1 "$work/np1"

@@ -515,7 +515,8 @@ static void test_layers(void **state)
 
     /* The options every layer takes, and those of the new types, round trip. */
     const char *more = "conv2d out=4 kernel=3 bias=false dirac=true trainable=false name=c1;"
-                       "batchnorm2d eps=1e-12 momentum=0.6 affine=false sync=false lr_scale=64;"
+                       "batchnorm2d eps=1e-12 momentum=0.6 affine=false sync=false lr_scale=64 "
+                       "train_epochs=3;"
                        "gelu in=c1; add in=-1,c1; avgpool; flatten; linear out=10 scale=0.111 "
                        "decay_scale=0 name=fc; basicblock out=8 stride=2 name=layer2.0";
     cfx_layer_spec ml[CFX_MAX_LAYERS];
@@ -525,6 +526,7 @@ static void test_layers(void **state)
     assert_int_equal(nm, 8);
     assert_true(ml[0].lr_scale == 0.0 && ml[0].decay_scale == 0.0 && ml[0].dirac && !ml[0].bias);
     assert_true(ml[1].eps == 1e-12 && ml[1].momentum == 0.6 && !ml[1].sync && ml[1].lr_scale == 64);
+    assert_int_equal(ml[1].train_epochs, 3);
     assert_string_equal(ml[3].inputs[0], "-1");
     assert_true(ml[6].scale == 0.111 && ml[6].decay_scale == 0.0);
     for (int i = 0; i < nm; i++) {
@@ -537,6 +539,8 @@ static void test_layers(void **state)
     }
     expect_layers_fail("relu lr_scale=-1", "bad option 'lr_scale=-1'");
     expect_layers_fail("relu trainable=maybe", "bad option 'trainable=maybe'");
+    expect_layers_fail("relu train_epochs=1.5", "bad option 'train_epochs=1.5'");
+    expect_layers_fail("relu train_epochs=-2", "bad option 'train_epochs=-2'");
 
     /* Formatting gives text that parses back to the same layer. */
     for (int i = 0; i < n; i++) {

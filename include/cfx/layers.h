@@ -37,9 +37,10 @@ typedef struct {
     double eps, momentum, scale;               /* real options */
     /* every layer: its parameters' learning-rate and weight-decay multipliers
      * (parameter groups; trainable=false sets both to 0); trainable=bias:
-     * only tensors named "bias" train, the others keep their initial values */
+     * only tensors named "bias" train, the others keep their initial values;
+     * train_epochs=N: they train in epochs 1..N only, then freeze (0 = always) */
     double lr_scale, decay_scale;
-    int bias_only;
+    int bias_only, train_epochs;
 } cfx_layer_spec;
 
 /* One option of a layer type: a field of cfx_layer_spec. */
@@ -154,7 +155,8 @@ extern const int cfx_n_layer_kinds;
 const cfx_layer_kind *cfx_layer_kind_find(const char *name);
 
 /* The options every layer takes besides its own (name=, in=). */
-#define CFX_COMMON_OPTIONS "name=NAME in=A[,B] [lr_scale=X] [decay_scale=X] [trainable=false|bias]"
+#define CFX_COMMON_OPTIONS                                                                         \
+    "name=NAME in=A[,B] [lr_scale=X] [decay_scale=X] [trainable=false|bias] [train_epochs=N]"
 
 /* Parses a layer list: entries separated by ';' or newlines. */
 int cfx_parse_layers(const char *text, cfx_layer_spec *layers, int *n_layers, cfx_error *err);

@@ -43,6 +43,9 @@ typedef struct {
 int cfx_optim_create(cfx_optim *opt, const cfx_config *cfg, size_t n, cfx_error *err);
 void cfx_optim_free(cfx_optim *opt);
 
+/* Forgets every group: all parameters get multipliers 1 again. */
+void cfx_optim_clear_groups(cfx_optim *opt);
+
 /* Gives parameters [begin, end) the multipliers lr_scale and decay_scale
  * (0 and 0: frozen); the others keep 1 and 1. */
 void cfx_optim_set_group(cfx_optim *opt, size_t begin, size_t end, double lr_scale,

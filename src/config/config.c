@@ -554,12 +554,14 @@ static void append_layer_help(char **buf, size_t *len, size_t *cap)
     for (char *save = NULL, *line = strtok_r(help, "\n", &save); line;
          line = strtok_r(NULL, "\n", &save))
         append(buf, len, cap, "#   %s\n", line);
-    append(buf, len, cap, "#   every layer also takes %s: its name (checkpoint keys are "
-                          "<name>.weight, ...; unnamed layers use their index), the layers "
-                          "it reads (names, or -k for k entries back; default: the previous), "
-                          "learning-rate and weight-decay multipliers of its parameters, and "
-                          "whether they train (trainable=bias: only the bias; the weight keeps "
-                          "its initial values)\n",
+    append(buf, len, cap,
+           "#   every layer also takes %s: its name (checkpoint keys are "
+           "<name>.weight, ...; unnamed layers use their index), the layers "
+           "it reads (names, or -k for k entries back; default: the previous), "
+           "learning-rate and weight-decay multipliers of its parameters, and "
+           "whether they train (trainable=bias: only the bias; the weight keeps "
+           "its initial values; train_epochs=N: only in the first N epochs, "
+           "as airbench's whitening bias)\n",
            CFX_COMMON_OPTIONS);
 }
 

@@ -107,7 +107,7 @@ static int parse_number(const cfx_layer_option *o, const char *v, double *out)
     return *out = x, 0;
 }
 
-/* lr_scale=X, decay_scale=X (>= 0) or trainable=true|false|bias. */
+/* lr_scale=X, decay_scale=X (>= 0), trainable=true|false|bias or train_epochs=N. */
 static int parse_group_option(cfx_layer_spec *s, const char *opt, const char *v, cfx_error *err)
 {
     if (!strcmp(opt, "trainable")) {
@@ -121,6 +121,16 @@ static int parse_group_option(cfx_layer_spec *s, const char *opt, const char *v,
     }
     char *end;
     errno = 0;
+    if (!strcmp(opt, "train_epochs")) {
+        long n = strtol(v, &end, 10);
+        if (errno || end == v || *end || n < 0 || n > 1000000)
+            return cfx_fail(err,
+                            "model.layers: %s: bad option 'train_epochs=%s' (expected an "
+                            "epoch count 0..1000000; 0 = every epoch)",
+                            s->kind->name, v);
+        s->train_epochs = (int)n;
+        return 0;
+    }
     double x = strtod(v, &end);
     if (errno || end == v || *end || !(x >= 0.0 && x <= 1e6))
         return cfx_fail(err, "model.layers: %s: bad option '%s=%s' (expected a number 0..1e6)",
@@ -150,7 +160,8 @@ static int parse_option(cfx_layer_spec *s, char *opt, unsigned *given, cfx_error
     }
     if (!strcmp(opt, "in"))
         return parse_inputs(s, v, err);
-    if (!strcmp(opt, "lr_scale") || !strcmp(opt, "decay_scale") || !strcmp(opt, "trainable"))
+    if (!strcmp(opt, "lr_scale") || !strcmp(opt, "decay_scale") || !strcmp(opt, "trainable") ||
+        !strcmp(opt, "train_epochs"))
         return parse_group_option(s, opt, v, err);
     for (int i = 0; i < k->n_options; i++) {
         const cfx_layer_option *o = &k->options[i];
@@ -295,6 +306,10 @@ void cfx_layer_spec_format(const cfx_layer_spec *s, char *buf, size_t len)
         if (s->decay_scale != 1.0) {
             format_real(num, sizeof num, s->decay_scale);
             append(buf, len, &used, " decay_scale=%s%s", num, "");
+        }
+        if (s->train_epochs) {
+            snprintf(num, sizeof num, "%d", s->train_epochs);
+            append(buf, len, &used, " train_epochs=%s%s", num, "");
         }
     }
     if (s->name[0])

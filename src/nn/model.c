@@ -189,7 +189,7 @@ static int add_entry(cfx_model *m, const cfx_layer_spec *s, int j, int *entry_ou
     sc.block = prefix, sc.block_in = src;
     for (int i = 0; i < n; i++) {
         sub[i].lr_scale = s->lr_scale, sub[i].decay_scale = s->decay_scale; /* the block's group */
-        sub[i].bias_only = s->bias_only;
+        sub[i].bias_only = s->bias_only, sub[i].train_epochs = s->train_epochs;
         if (add_layer(m, &sub[i], &sc, err) != 0)
             return -1;
     }

@@ -72,6 +72,8 @@ static void sgd_step(cfx_optim *o, float *p, const float *g, size_t begin, size_
     }
 }
 
+void cfx_optim_clear_groups(cfx_optim *opt) { opt->n_groups = 0; }
+
 void cfx_optim_set_group(cfx_optim *opt, size_t begin, size_t end, double lr_scale,
                          double decay_scale)
 {

@@ -362,20 +362,23 @@ static int write_lr_log(const trainer *t, cfx_error *err)
     return rc;
 }
 
-/* Parameter groups: the tensors of layers with lr_scale or decay_scale (or
- * trainable=false) get their multipliers in the optimizer; trainable=bias
- * freezes the other tensors of the layer. */
-static void set_param_groups(cfx_optim *o, const cfx_model *m)
+/* Parameter groups in `epoch`: the tensors of layers with lr_scale or
+ * decay_scale (or trainable=false) get their multipliers in the optimizer;
+ * trainable=bias freezes the other tensors of the layer, train_epochs=N all
+ * of them after epoch N. */
+static void set_param_groups(cfx_optim *o, const cfx_model *m, int epoch)
 {
+    cfx_optim_clear_groups(o);
     for (int i = 0; i < m->n_layers; i++) {
         const cfx_layer_spec *s = &m->layers[i].spec;
-        if (s->lr_scale == 1.0 && s->decay_scale == 1.0 && !s->bias_only)
+        int expired = s->train_epochs > 0 && epoch > s->train_epochs;
+        if (s->lr_scale == 1.0 && s->decay_scale == 1.0 && !s->bias_only && !expired)
             continue;
         for (int k = 0; k < m->layers[i].n_tensors; k++) {
             const cfx_tensor *T = &m->layers[i].tensors[k];
             if (T->store != CFX_TENSOR_PARAM)
                 continue;
-            int frozen = s->bias_only && strcmp(T->suffix, "bias") != 0;
+            int frozen = expired || (s->bias_only && strcmp(T->suffix, "bias") != 0);
             cfx_optim_set_group(o, T->offset, T->offset + T->count, frozen ? 0.0 : s->lr_scale,
                                 frozen ? 0.0 : s->decay_scale);
         }
@@ -487,7 +490,7 @@ static int trainer_setup(trainer *t, cfx_error *err)
                       t->model.n_classes, CFX_NUM_CLASSES) == 0;
     ok = ok && cfx_optim_create(&t->optim, cfg, t->model.n_params, err) == 0;
     if (ok) {
-        set_param_groups(&t->optim, &t->model);
+        set_param_groups(&t->optim, &t->model, 1);
         cfx_lookahead_start(&t->optim, t->model.params, t->model.n_params + t->model.n_buffers);
     }
     ok = ok && (!t->exact_mode || setup_replicas(t, err) == 0);
@@ -857,6 +860,7 @@ static int train_epoch(trainer *t, int epoch, cfx_error *err)
     t->correct = first_step ? t->state.epoch_correct : 0.0;
     t->state.step_in_epoch = 0;
     shuffle_epoch(t, epoch);
+    set_param_groups(&t->optim, &t->model, epoch);
     cfx_model_set_training(&t->model, 1);
     for (int r = 0; r < t->n_reps && t->reps; r++)
         cfx_model_set_training(&t->reps[r], 1);

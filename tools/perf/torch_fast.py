@@ -13,8 +13,8 @@ split of the training set as cfx's. Run with Debian's python3-torch:
     /usr/bin/python3 tools/perf/torch_fast.py --data data/cifar10 --widths 64,128,128 --epochs 4
 
 --schedule airbench (default) warms up from 0.2 to 1 over 23 % of the steps
-and decays to 0.07, with the whitening bias frozen after 3 epochs (fast.ini
-has the same schedule but trains that bias throughout); --schedule cfx is what
+and decays to 0.07, with the whitening bias frozen after 3 epochs (as
+fast.ini's train_epochs=3); --schedule cfx is what
 fast.ini configured before it took airbench's schedule (warm-up from 0 over
 --warmup steps, decay to 0, the whitening bias always trained).
 tools/perf/torch_step.py times one step.
