@@ -54,20 +54,24 @@ int cfx_threads(void);
 
 /* At most this many (cfx_set_threads caps the count). */
 #define CFX_MAX_THREADS 64
-/* This thread's number in the running parallel region (0 outside one). */
+/* This thread's number in the running parallel region with more than one
+ * thread (0 outside one): regions nested in it run on their thread alone. */
 int cfx_thread_id(void);
 
 /* CFX_PARALLEL_FOR_IF(cond): runs the for loop that follows on cfx_threads()
  * OpenMP threads when cond holds (use it to keep small loops on one thread).
  * CFX_PARALLEL(n): the block that follows on n threads, where CFX_FOR_STATIC
- * splits a for loop over them in contiguous runs. */
+ * splits a for loop over them in contiguous runs and CFX_BARRIER waits for
+ * all of them. */
 #ifdef _OPENMP
 #define CFX_PRAGMA(x) _Pragma(#x)
 #define CFX_PARALLEL_FOR_IF(cond)                                                                  \
     CFX_PRAGMA(omp parallel for schedule(static) num_threads(cfx_threads()) if (cond))
 #define CFX_PARALLEL(n) CFX_PRAGMA(omp parallel num_threads(n) if ((n) > 1))
 #define CFX_FOR_STATIC CFX_PRAGMA(omp for schedule(static))
+#define CFX_BARRIER CFX_PRAGMA(omp barrier)
 #else
+#define CFX_BARRIER
 #define CFX_PARALLEL_FOR_IF(cond)
 #define CFX_PARALLEL(n)
 #define CFX_FOR_STATIC

@@ -109,12 +109,20 @@ void cfx_set_threads(int n)
      * default thread count outside a parallel region, and a single-threaded
      * run would not give the bits of a threaded one.) */
     openblas_set_num_threads(1);
+#ifdef _OPENMP
+    /* a region inside a parallel one (a layer's loop inside the replicas'
+     * threads) runs on its thread alone */
+    omp_set_max_active_levels(1);
+#endif
 }
 
 int cfx_thread_id(void)
 {
 #ifdef _OPENMP
-    return omp_get_thread_num();
+    for (int level = omp_get_level(); level > 0; level--)
+        if (omp_get_team_size(level) > 1)
+            return omp_get_ancestor_thread_num(level);
+    return 0;
 #else
     return 0;
 #endif

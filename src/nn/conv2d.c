@@ -189,17 +189,21 @@ static void workspace_of(int t, size_t n, float **col, float **dcol)
  * then the partials are added in order. Any thread count up to it is busy. */
 #define WGRAD_GROUPS 8
 
-static float *wgrad_partials;
-static size_t wgrad_partials_cap;
+/* The partials of each calling thread (replicas run side by side: model.c). */
+static struct {
+    float *buf;
+    size_t cap;
+} wgrad_partials[CFX_MAX_THREADS];
 
 static float *partials(size_t n)
 {
-    if (wgrad_partials_cap < n) {
-        free(wgrad_partials);
-        wgrad_partials = cfx_malloc(n * sizeof(float));
-        wgrad_partials_cap = n;
+    int t = cfx_thread_id();
+    if (wgrad_partials[t].cap < n) {
+        free(wgrad_partials[t].buf);
+        wgrad_partials[t].buf = cfx_malloc(n * sizeof(float));
+        wgrad_partials[t].cap = n;
     }
-    return wgrad_partials;
+    return wgrad_partials[t].buf;
 }
 
 int cfx_conv2d_chunk(int N, int C, int K, int OH, int OW)

@@ -561,34 +561,76 @@ static void replica_sums(cfx_model *const *reps, const int *counts, int n_reps, 
     free(rows);
 }
 
+/* How many threads run the replicas side by side: one per replica with
+ * images, up to cfx_threads(), and at least one. Each takes every T-th replica, whose layers'
+ * own loops then run on that thread alone (the bits do not change); with one
+ * busy replica the layers use the threads instead. */
+static int replica_threads(const int *counts, int n_reps)
+{
+    int busy = 0;
+    for (int r = 0; r < n_reps; r++)
+        busy += counts[r] > 0;
+    busy = busy < cfx_threads() ? busy : cfx_threads();
+    return busy > 1 ? busy : 1; /* a rank without images still joins the sums */
+}
+
+/* The phases [p0, p1) of layer i's batch sums, on thread 0 (its reduce may
+ * call MPI) once every thread has finished the layers before (the sums read
+ * what those wrote); the others wait for the result. */
+static void replica_sums_team(cfx_model *const *reps, const int *counts, int n_reps, int i, int p0,
+                              int p1, cfx_reduce_rows_fn reduce, void *ctx, int tid)
+{
+    if (p0 == p1 || !reps[0]->layers[i].kind->sums)
+        return;
+    CFX_BARRIER;
+    if (tid == 0)
+        replica_sums(reps, counts, n_reps, i, p0, p1, reduce, ctx);
+    CFX_BARRIER;
+}
+
 void cfx_replicas_forward(cfx_model *const *reps, const int *counts, int n_reps,
                           cfx_reduce_rows_fn reduce, void *ctx)
 {
-    for (int i = 0; i < reps[0]->n_layers; i++) {
-        double t0 = cfx_now();
-        replica_sums(reps, counts, n_reps, i, 0, reps[0]->layers[i].kind->n_forward_sums,
-                     reduce, ctx);
-        for (int r = 0; r < n_reps; r++)
-            if (counts[r])
-                reps[r]->layers[i].kind->forward(reps[r], &reps[r]->layers[i], counts[r]);
-        reps[0]->layers[i].forward_seconds += cfx_now() - t0;
+    const int T = replica_threads(counts, n_reps);
+    CFX_PARALLEL(T)
+    {
+        const int tid = T > 1 ? cfx_thread_id() : 0;
+        for (int i = 0; i < reps[0]->n_layers; i++) {
+            double t0 = cfx_now();
+            replica_sums_team(reps, counts, n_reps, i, 0, reps[0]->layers[i].kind->n_forward_sums,
+                              reduce, ctx, tid);
+            for (int r = tid; r < n_reps; r += T)
+                if (counts[r])
+                    reps[r]->layers[i].kind->forward(reps[r], &reps[r]->layers[i], counts[r]);
+            if (tid == 0)
+                reps[0]->layers[i].forward_seconds += cfx_now() - t0;
+        }
     }
 }
 
 void cfx_replicas_backward(cfx_model *const *reps, const int *counts, int n_reps,
                            cfx_reduce_rows_fn reduce, cfx_layer_done_fn done, void *ctx)
 {
-    for (int i = reps[0]->n_layers - 1; i >= 0; i--) {
-        double t0 = cfx_now();
-        const cfx_layer_kind *kind = reps[0]->layers[i].kind;
-        replica_sums(reps, counts, n_reps, i, kind->n_forward_sums,
-                     kind->n_forward_sums + kind->n_backward_sums, reduce, ctx);
-        for (int r = 0; r < n_reps; r++)
-            if (counts[r])
-                backward_layer(reps[r], i, counts[r]);
-        reps[0]->layers[i].backward_seconds += cfx_now() - t0;
-        if (done)
-            done(ctx, i);
+    const int T = replica_threads(counts, n_reps);
+    CFX_PARALLEL(T)
+    {
+        const int tid = T > 1 ? cfx_thread_id() : 0;
+        for (int i = reps[0]->n_layers - 1; i >= 0; i--) {
+            double t0 = cfx_now();
+            const cfx_layer_kind *kind = reps[0]->layers[i].kind;
+            replica_sums_team(reps, counts, n_reps, i, kind->n_forward_sums,
+                              kind->n_forward_sums + kind->n_backward_sums, reduce, ctx, tid);
+            for (int r = tid; r < n_reps; r += T)
+                if (counts[r])
+                    backward_layer(reps[r], i, counts[r]);
+            if (tid == 0)
+                reps[0]->layers[i].backward_seconds += cfx_now() - t0;
+            if (done) { /* every replica's gradient of layer i is final */
+                CFX_BARRIER;
+                if (tid == 0)
+                    done(ctx, i);
+            }
+        }
     }
 }
 
