@@ -198,6 +198,12 @@ static void test_conv2d_grad(void **state)
                             s.K, s.S, s.P);
         assert_close(dw2, dw, n_w, 0.0, "conv2d dweight with din = NULL");
         assert_close(db2, db, s.OC, 0.0, "conv2d dbias with din = NULL");
+        /* dweight = dbias = NULL (cfx-viz) must give the same din. */
+        float *din2 = falloc(n_in);
+        cfx_conv2d_backward(din2, NULL, NULL, c.col, dcol, c.R, c.in, c.w, s.N, s.C, s.H, s.W,
+                            s.OC, s.K, s.S, s.P);
+        assert_close(din2, din, n_in, 0.0, "conv2d din with dweight = dbias = NULL");
+        free(din2);
 
         char what[96];
         snprintf(what, sizeof what, "conv2d N%d C%d %dx%d OC%d K%d S%d P%d", s.N, s.C, s.H, s.W,

@@ -73,7 +73,8 @@ void cfx_conv2d_relu_forward(float *out, float *col, const float *in, const floa
                              const float *bias, int N, int C, int H, int W, int OC, int K,
                              int stride, int pad);
 /* Gradients of the convolution of `in` given dout: dweight and dbias are
- * overwritten; din (may be NULL) is overwritten. col and dcol are workspaces
+ * overwritten; din is overwritten. Any of the three may be NULL (not
+ * computed; cfx-viz needs only din). col and dcol are workspaces
  * of the size cfx_conv2d_forward's col has. */
 void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, float *dcol,
                          const float *dout, const float *in, const float *weight, int N, int C,
@@ -239,6 +240,9 @@ enum {
     CFX_MODEL_KEEP_ACTIVATIONS = 2, /* every layer keeps its own output: no in-place
                                        ReLU fused into conv2d / maxpool2d (for showing
                                        pre-activation feature maps) */
+    CFX_MODEL_NO_PARAM_GRAD = 4,    /* backward leaves the convolutions' weight and bias
+                                       gradients out (explanations need only the
+                                       activations' gradients: a third less work) */
 };
 
 /* Builds the model for images in_c x in_h x in_w and mini-batches of up to

@@ -290,7 +290,8 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
     int OH = cfx_window_out(H, K, stride, pad), OW = cfx_window_out(W, K, stride, pad);
     const int ckk = C * K * K, ohw = OH * OW, ld = N * ohw;
     if (N == 0) {
-        memset(dweight, 0, (size_t)OC * ckk * sizeof *dweight);
+        if (dweight)
+            memset(dweight, 0, (size_t)OC * ckk * sizeof *dweight);
         if (dbias)
             memset(dbias, 0, (size_t)OC * sizeof *dbias);
         return;
@@ -299,29 +300,30 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
     for (int oc = 0; oc < (dbias ? OC : 0); oc++)
         dbias[oc] = (float)cfx_sum(dout + (size_t)oc * ld, (size_t)ld);
     if (cfx_conv2d_direct_usable(N, H, W, K, stride, pad) &&
-        cfx_conv2d_direct_weight_grad(dweight, dout, in, N, C, H, W, OC, K) == 0 &&
+        (!dweight || cfx_conv2d_direct_weight_grad(dweight, dout, in, N, C, H, W, OC, K) == 0) &&
         (!din || cfx_conv2d_direct_input_grad(din, dout, weight, N, C, H, W, OC, K) == 0))
         return;
     const int chunk = cfx_conv2d_chunk(N, C, K, OH, OW), n_chunks = (N + chunk - 1) / chunk;
     const int groups = n_chunks < WGRAD_GROUPS ? n_chunks : WGRAD_GROUPS;
     const int threads = groups < cfx_threads() ? groups : cfx_threads();
     const size_t n_w = (size_t)OC * ckk;
-    float *part = groups > 1 ? partials((size_t)(groups - 1) * n_w) : NULL;
+    float *part = groups > 1 && dweight ? partials((size_t)(groups - 1) * n_w) : NULL;
     CFX_PARALLEL(threads)
     {
         float *tcol = col, *tdcol = dcol;
         workspace_of(cfx_thread_id(), (size_t)ckk * chunk * ohw, &tcol, &tdcol);
         CFX_FOR_STATIC
         for (int g = 0; g < groups; g++) {
-            float *dw = g == 0 ? dweight : part + (size_t)(g - 1) * n_w;
+            float *dw = g == 0 || !dweight ? dweight : part + (size_t)(g - 1) * n_w;
             int first = (int)((long)n_chunks * g / groups);
             int end = (int)((long)n_chunks * (g + 1) / groups);
             for (int ch = first; ch < end; ch++) {
                 int n0 = ch * chunk, cn = N - n0 < chunk ? N - n0 : chunk, cols = cn * ohw;
                 const float *d = dout + (size_t)n0 * ohw;
                 im2col_range(tcol, in, N, n0, cn, C, H, W, K, stride, pad, OH, OW);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, d, ld,
-                            tcol, cols, ch == first ? 0.0f : 1.0f, dw, ckk);
+                if (dweight)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, OC, ckk, cols, 1.0f, d, ld,
+                                tcol, cols, ch == first ? 0.0f : 1.0f, dw, ckk);
                 if (!din)
                     continue;
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ckk, cols, OC, 1.0f, weight,
@@ -332,7 +334,8 @@ void cfx_conv2d_backward(float *din, float *dweight, float *dbias, float *col, f
             }
         }
     }
-    for (int g = 1; g < groups; g++) /* in group order: the same bits for any thread count */
+    for (int g = 1; g < (dweight ? groups : 0);
+         g++) /* in group order: the same bits for any thread count */
         cfx_parallel_elementwise(add_into, dweight, dweight, part + (size_t)(g - 1) * n_w, n_w);
 }
 
@@ -390,8 +393,9 @@ static void conv2d_layer_forward(cfx_model *m, cfx_layer *L, int n)
 
 static void conv2d_layer_backward(cfx_model *m, cfx_layer *L, int n, float *const *din)
 {
-    float *db = L->spec.bias ? m->grads + L->bias_offset : NULL;
-    cfx_conv2d_backward(din[0], m->grads + L->weight_offset, db, m->col, m->dcol,
+    const int params = !(m->flags & CFX_MODEL_NO_PARAM_GRAD);
+    float *db = L->spec.bias && params ? m->grads + L->bias_offset : NULL;
+    cfx_conv2d_backward(din[0], params ? m->grads + L->weight_offset : NULL, db, m->col, m->dcol,
                         cfx_layer_dout(m, L), cfx_layer_input(m, L, 0),
                         m->params + L->weight_offset, n, L->in_c, L->in_h, L->in_w, L->out_c,
                         L->spec.kernel, L->spec.stride, L->spec.padding);

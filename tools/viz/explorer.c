@@ -302,9 +302,9 @@ static int write_details(const viz_run *r, int slot, const int *idx, int n_idx, 
 {
     detail_batch d = {.r = r};
     int B = n_idx < DETAIL_BATCH ? n_idx : DETAIL_BATCH;
-    if (cfx_model_create(&d.m, r->specs, r->n_specs, CFX_IMAGE_CHANNELS, S, S,
-                         VIZ_SAMPLES_PER_PASS * B,
-                         CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS, err) != 0)
+    if (cfx_model_create(
+            &d.m, r->specs, r->n_specs, CFX_IMAGE_CHANNELS, S, S, VIZ_SAMPLES_PER_PASS * B,
+            CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS | CFX_MODEL_NO_PARAM_GRAD, err) != 0)
         return -1;
     memcpy(d.m.state, r->model.state, r->model.state_bytes);
     cfx_model_set_training(&d.m, 0);

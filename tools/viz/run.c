@@ -319,9 +319,10 @@ static int explain(viz_run *r, cfx_error *err)
 {
     int n = r->n_images;
     cfx_model *g = &r->gmodel;
-    if (cfx_model_create(g, r->specs, r->n_specs, CFX_IMAGE_CHANNELS, CFX_IMAGE_SIZE,
-                         CFX_IMAGE_SIZE, VIZ_SAMPLES_PER_PASS * n,
-                         CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS, err) != 0)
+    if (cfx_model_create(
+            g, r->specs, r->n_specs, CFX_IMAGE_CHANNELS, CFX_IMAGE_SIZE, CFX_IMAGE_SIZE,
+            VIZ_SAMPLES_PER_PASS * n,
+            CFX_MODEL_INPUT_GRAD | CFX_MODEL_KEEP_ACTIVATIONS | CFX_MODEL_NO_PARAM_GRAD, err) != 0)
         return -1;
     memcpy(g->state, r->model.state, r->model.state_bytes); /* parameters and buffers */
     cfx_model_set_training(g, 0);
@@ -403,7 +404,8 @@ static int activation_maximisation(viz_run *r, cfx_error *err)
     double t0 = cfx_now();
     cfx_model am;
     if (cfx_model_create(&am, r->specs, r->n_specs, CFX_IMAGE_CHANNELS, CFX_IMAGE_SIZE,
-                         CFX_IMAGE_SIZE, CFX_NUM_CLASSES, CFX_MODEL_INPUT_GRAD, err) != 0)
+                         CFX_IMAGE_SIZE, CFX_NUM_CLASSES,
+                         CFX_MODEL_INPUT_GRAD | CFX_MODEL_NO_PARAM_GRAD, err) != 0)
         return -1;
     memcpy(am.state, r->model.state, r->model.state_bytes);
     cfx_model_set_training(&am, 0);
