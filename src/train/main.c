@@ -101,80 +101,68 @@ static int stdout_is_terminal(void)
     return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
 }
 
-int main(int argc, char **argv)
-{
-    cfx_blas_select_kernels(argv); /* may re-execute this program; before MPI_Init */
-
-    const char *config_path = NULL, *resume_path = NULL, *eval_path = NULL;
+/* The command line. */
+typedef struct {
+    const char *config_path, *resume_path, *eval_path;
     const char *overrides[MAX_OVERRIDES];
-    int n_overrides = 0, quiet = 0, print_config = 0, progress = -1;
-    /* Rank 0 alone prints help, version and configs (see usage_error for
-     * errors): under mpirun every rank would print the same text. */
-    FILE *out = stdout;
-    if (launcher_rank() != 0 && !(out = fopen("/dev/null", "w")))
-        return CFX_EXIT_FAILURE;
+    int n_overrides, quiet, print_config, progress; /* progress: -1 = decide later */
+} train_args;
+
+/* Parses argv into *a. Returns -1 to go on, otherwise the exit code: after
+ * --help, --version or --help-config (printed to out), or a usage error. */
+static int parse_args(int argc, char **argv, FILE *out, train_args *a)
+{
+    *a = (train_args){.progress = -1};
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+        const char *arg = argv[i];
+        int has_value = i + 1 < argc;
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
             usage(out);
             return CFX_EXIT_OK;
-        } else if (!strcmp(a, "--version")) {
+        } else if (!strcmp(arg, "--version")) {
             fprintf(out, "cfx-train %s (%s)\n", CFX_VERSION, CFX_GIT_COMMIT);
             return CFX_EXIT_OK;
-        } else if (!strcmp(a, "--help-config")) {
+        } else if (!strcmp(arg, "--help-config")) {
             char *ref = cfx_config_reference();
             fputs(ref, out);
             free(ref);
             return CFX_EXIT_OK;
-        } else if (!strcmp(a, "--progress")) {
-            progress = 1;
-        } else if (!strcmp(a, "--no-progress")) {
-            progress = 0;
-        } else if (!strcmp(a, "--config") && i + 1 < argc) {
-            config_path = argv[++i];
-        } else if (!strcmp(a, "--set") && i + 1 < argc) {
-            if (n_overrides == MAX_OVERRIDES)
+        } else if (!strcmp(arg, "--progress")) {
+            a->progress = 1;
+        } else if (!strcmp(arg, "--no-progress")) {
+            a->progress = 0;
+        } else if (!strcmp(arg, "--config") && has_value) {
+            a->config_path = argv[++i];
+        } else if (!strcmp(arg, "--set") && has_value) {
+            if (a->n_overrides == MAX_OVERRIDES)
                 return usage_error("more than %d --set options", MAX_OVERRIDES);
-            overrides[n_overrides++] = argv[++i];
-        } else if (!strcmp(a, "--resume") && i + 1 < argc) {
-            resume_path = argv[++i];
-        } else if (!strcmp(a, "--eval") && i + 1 < argc) {
-            eval_path = argv[++i];
-        } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
-            quiet = 1;
-        } else if (!strcmp(a, "--print-config")) {
-            print_config = 1;
+            a->overrides[a->n_overrides++] = argv[++i];
+        } else if (!strcmp(arg, "--resume") && has_value) {
+            a->resume_path = argv[++i];
+        } else if (!strcmp(arg, "--eval") && has_value) {
+            a->eval_path = argv[++i];
+        } else if (!strcmp(arg, "--quiet") || !strcmp(arg, "-q")) {
+            a->quiet = 1;
+        } else if (!strcmp(arg, "--print-config")) {
+            a->print_config = 1;
         } else {
-            return usage_error("unknown or incomplete option '%s' (see --help)", a);
+            return usage_error("unknown or incomplete option '%s' (see --help)", arg);
         }
     }
-    if (!config_path)
+    if (!a->config_path)
         return usage_error("--config FILE is required (see --help)");
-
-    cfx_config cfg;
-    cfx_error err = {{0}};
-    if (cfx_config_load(&cfg, config_path, n_overrides, overrides, &err) != 0)
-        return usage_error("%s", err.msg);
-    if (print_config) {
-        char *text = cfx_config_to_ini(&cfg);
-        fputs(text, out);
-        free(text);
-        return CFX_EXIT_OK;
-    }
-
-    if (resume_path && eval_path)
+    if (a->resume_path && a->eval_path)
         return usage_error("--resume and --eval cannot be combined");
+    return -1;
+}
 
-    if (progress < 0)
-        progress = stdout_is_terminal(); /* before MPI_Init, which may set launcher variables */
-    if (!eval_path) /* before MPI_Init: a signal during start-up is not lost */
-        cfx_install_stop_handlers();
-    cfx_dist dist;
-    cfx_dist_init(&dist, &argc, &argv);
-    int threads = cfx_blas_setup(&cfg, &dist);
-    if (dist.rank == 0 && !quiet) {
+/* Rank 0's first lines: version, ranks, threads, BLAS core, and the hosts
+ * when there are several. Every rank must call it (it gathers host names). */
+static void print_banner(const cfx_dist *dist, int threads, int quiet)
+{
+    if (dist->rank == 0 && !quiet) {
         printf("cfx-train %s (%s): %d rank%s, %d BLAS thread%s per rank, OpenBLAS core %s\n",
-               CFX_VERSION, CFX_GIT_COMMIT, dist.size, dist.size == 1 ? "" : "s", threads,
+               CFX_VERSION, CFX_GIT_COMMIT, dist->size, dist->size == 1 ? "" : "s", threads,
                threads == 1 ? "" : "s", cfx_blas_core());
         if (threads > 1 && strcmp(cfx_blas_threading(), "OpenMP") != 0)
             printf("note: OpenBLAS is its %s build; several threads per rank run faster with "
@@ -182,21 +170,57 @@ int main(int argc, char **argv)
                    cfx_blas_threading());
     }
     char hosts[1024];
-    int n_hosts = cfx_dist_hosts(&dist, hosts, sizeof hosts);
-    if (dist.rank == 0 && !quiet) {
+    int n_hosts = cfx_dist_hosts(dist, hosts, sizeof hosts);
+    if (dist->rank == 0 && !quiet) {
         if (n_hosts > 1)
             printf("hosts: %s\n", hosts);
         fflush(stdout);
     }
-    int rc, exit_code;
-    if (eval_path) {
-        rc = cfx_eval_checkpoint(&cfg, &dist, eval_path, &err);
+}
+
+int main(int argc, char **argv)
+{
+    cfx_blas_select_kernels(argv); /* may re-execute this program; before MPI_Init */
+
+    /* Rank 0 alone prints help, version and configs (see usage_error for
+     * errors): under mpirun every rank would print the same text. */
+    FILE *out = stdout;
+    if (launcher_rank() != 0 && !(out = fopen("/dev/null", "w")))
+        return CFX_EXIT_FAILURE;
+    train_args args;
+    int rc = parse_args(argc, argv, out, &args);
+    if (rc >= 0)
+        return rc;
+
+    cfx_config cfg;
+    cfx_error err = {{0}};
+    if (cfx_config_load(&cfg, args.config_path, args.n_overrides, args.overrides, &err) != 0)
+        return usage_error("%s", err.msg);
+    if (args.print_config) {
+        char *text = cfx_config_to_ini(&cfg);
+        fputs(text, out);
+        free(text);
+        return CFX_EXIT_OK;
+    }
+
+    int progress = args.progress;
+    if (progress < 0)
+        progress = stdout_is_terminal(); /* before MPI_Init, which may set launcher variables */
+    /* Before MPI_Init: a signal during start-up is not lost. */
+    if (!args.eval_path)
+        cfx_install_stop_handlers();
+    cfx_dist dist;
+    cfx_dist_init(&dist, &argc, &argv);
+    print_banner(&dist, cfx_blas_setup(&cfg, &dist), args.quiet);
+    int exit_code;
+    if (args.eval_path) {
+        rc = cfx_eval_checkpoint(&cfg, &dist, args.eval_path, &err);
         exit_code = rc == 0 ? CFX_EXIT_OK : CFX_EXIT_FAILURE;
     } else {
         char *config_text = cfx_config_to_ini(&cfg);
-        cfx_train_options opt = {.quiet = quiet,
+        cfx_train_options opt = {.quiet = args.quiet,
                                  .progress = progress,
-                                 .resume_path = resume_path,
+                                 .resume_path = args.resume_path,
                                  .config_text = config_text};
         rc = cfx_train(&cfg, &dist, &opt, &err);
         free(config_text);
