@@ -86,6 +86,12 @@ run)
         fail "no test accuracy in cfx-train --eval output: $eval_out"
     fi
     echo "cfx-train --eval: test accuracy $acc on $n images"
+    grep -q "images), no TTA$" <<< "$eval_out" ||
+        fail "cfx-train --eval without TTA does not say so: $eval_out"
+    tta_out=$("${mpiexec[@]}" 1 "$train" --config "$config" --set data.dir="$data" \
+        --set train.tta=flip_translate --eval "$run/checkpoints/best.h5")
+    grep -q "images), TTA flip_translate (6 views)$" <<< "$tta_out" ||
+        fail "cfx-train --eval with train.tta=flip_translate does not say so: $tta_out"
 
     "$viz" --run "$run" --images 0,1,2 | tee "$work/viz.out"
     grep -Eq "^cfx-viz: 29 figures, .* in [0-9.]+ s \(" "$work/viz.out" ||

@@ -985,6 +985,15 @@ static int finish_stopped(trainer *t, cfx_error *err)
     return 1;
 }
 
+/* "no TTA" or "TTA flip_translate (6 views)", for the test lines. */
+static const char *tta_label(const char *tta, int n_views, char *buf, size_t len)
+{
+    if (n_views <= 1)
+        return "no TTA";
+    snprintf(buf, len, "TTA %s (%d views)", tta, n_views);
+    return buf;
+}
+
 /* Test accuracy of the best state, shared by all ranks. */
 static int finish_test(trainer *t, cfx_error *err)
 {
@@ -1007,11 +1016,12 @@ static int finish_test(trainer *t, cfx_error *err)
         if (cfx_metrics_set_test(t->files.metrics_h5, test.loss, test.accuracy, t->cfg->tta,
                                  err) != 0)
             return -1;
+        char tta[64];
         if (t->verbose)
             printf("best validation accuracy %.4f at epoch %d; test loss %.4f, test accuracy "
-                   "%.4f (%d images)\n",
+                   "%.4f (%d images), %s\n",
                    t->state.best_validation_accuracy, t->state.best_epoch, test.loss, test.accuracy,
-                   test.n);
+                   test.n, tta_label(t->cfg->tta, t->n_views, tta, sizeof tta));
     }
     report_memory(t->d, t->verbose);
     return 0;
@@ -1097,8 +1107,9 @@ int cfx_eval_checkpoint(const cfx_config *cfg, const cfx_dist *d, const char *pa
             cfx_evaluate_views(&model, &test_ds, all, test_ds.n, views, n_views, &test, NULL,
                                NULL);
             free(all);
-            printf("%s: test loss %.4f, test accuracy %.4f (%d images)\n", path, test.loss,
-                   test.accuracy, test.n);
+            char tta[64];
+            printf("%s: test loss %.4f, test accuracy %.4f (%d images), %s\n", path, test.loss,
+                   test.accuracy, test.n, tta_label(cfg->tta, n_views, tta, sizeof tta));
         }
         cfx_model_free(&model);
         if (test_ds.n)
