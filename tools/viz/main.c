@@ -171,34 +171,44 @@ static int compare_load(viz_run *r, const char *dir, const char *data_dir, const
     return viz_run_compute(r, err) == 0 ? CFX_EXIT_OK : CFX_EXIT_FAILURE;
 }
 
-static int compare_mode(const char *run_a, const char *run_b, const char *out_dir,
-                        const char *data_dir, const char *images, const viz_attr_opts *attr,
-                        int channel_max, viz_format fmt, int quiet)
+/* cfx-viz's command line; NULL or 0 where a flag is not given. */
+typedef struct {
+    const char *run_dir, *data_dir, *images, *cam_layer, *channel_layers;
+    const char *cmp_a, *cmp_b, *cmp_out; /* --compare A B [--out DIR] */
+    int channel_max, quiet;
+    viz_format fmt;
+    viz_attr_opts attr;
+} viz_args;
+
+static int compare_mode(const viz_args *args)
 {
     double t0 = cfx_now();
     cfx_error err = {{0}};
     viz_run a, b;
     memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
-    int code = viz_run_load(&a, run_a, data_dir, &err) != 0 ? CFX_EXIT_FAILURE : CFX_EXIT_OK;
+    int code =
+        viz_run_load(&a, args->cmp_a, args->data_dir, &err) != 0 ? CFX_EXIT_FAILURE : CFX_EXIT_OK;
     if (code == CFX_EXIT_OK) {
-        a.attr = *attr, a.actmax_steps = attr->actmax_steps, a.channel_max = channel_max;
-        code = viz_run_choose_images(&a, images, &err) != 0 ? CFX_EXIT_USAGE
-               : viz_run_compute(&a, &err) != 0            ? CFX_EXIT_FAILURE
-                                                           : CFX_EXIT_OK;
+        a.attr = args->attr, a.actmax_steps = args->attr.actmax_steps;
+        a.channel_max = args->channel_max;
+        code = viz_run_choose_images(&a, args->images, &err) != 0 ? CFX_EXIT_USAGE
+               : viz_run_compute(&a, &err) != 0                   ? CFX_EXIT_FAILURE
+                                                                  : CFX_EXIT_OK;
     }
     if (code == CFX_EXIT_OK)
-        code = compare_load(&b, run_b, data_dir, &a, &err);
+        code = compare_load(&b, args->cmp_b, args->data_dir, &a, &err);
     if (code == CFX_EXIT_OK && a.test.n != b.test.n) {
-        cfx_fail(&err, "%s, %s: the runs' test sets differ (%d and %d images)", run_a, run_b,
-                 a.test.n, b.test.n);
+        cfx_fail(&err, "%s, %s: the runs' test sets differ (%d and %d images)", args->cmp_a,
+                 args->cmp_b, a.test.n, b.test.n);
         code = CFX_EXIT_FAILURE;
     }
-    if (code == CFX_EXIT_OK && viz_compare(&a, &b, out_dir, fmt, quiet, &err) != 0)
+    if (code == CFX_EXIT_OK && viz_compare(&a, &b, args->cmp_out, args->fmt, args->quiet, &err))
         code = CFX_EXIT_FAILURE;
     viz_run *runs[2] = {&a, &b};
-    if (code == CFX_EXIT_OK && viz_write_explorer(runs, 2, out_dir, attr->explorer_images, &err))
+    if (code == CFX_EXIT_OK &&
+        viz_write_explorer(runs, 2, args->cmp_out, args->attr.explorer_images, &err))
         code = CFX_EXIT_FAILURE;
-    if (code == CFX_EXIT_OK && !quiet)
+    if (code == CFX_EXIT_OK && !args->quiet)
         printf("cfx-viz --compare: %.2f s\n", cfx_now() - t0);
     if (code != CFX_EXIT_OK)
         fprintf(stderr, "cfx-viz: %s\n", err.msg);
@@ -206,6 +216,101 @@ static int compare_mode(const char *run_a, const char *run_b, const char *out_di
     viz_run_free(&b);
     viz_plot_shutdown();
     return code;
+}
+
+/* --format and --channel-stat; 1 if argv[*i] is one (consumed), 0 if not, -1 bad. */
+static int choice_flag(int argc, char **argv, int *i, viz_args *a)
+{
+    int is_format = !strcmp(argv[*i], "--format");
+    if (!is_format && strcmp(argv[*i], "--channel-stat") != 0)
+        return 0;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "cfx-viz: %s needs a value (see --help)\n", argv[*i]);
+        return -1;
+    }
+    const char *v = argv[++*i];
+    if (is_format) {
+        static const char *names[] = {"png", "svg", "pdf"};
+        static const viz_format formats[] = {VIZ_PNG, VIZ_SVG, VIZ_PDF};
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(v, names[k])) {
+                a->fmt = formats[k];
+                return 1;
+            }
+        fprintf(stderr, "cfx-viz: --format: '%s' is not png, svg or pdf\n", v);
+        return -1;
+    }
+    if (strcmp(v, "mean") != 0 && strcmp(v, "max") != 0) {
+        fprintf(stderr, "cfx-viz: --channel-stat: '%s' is not mean or max\n", v);
+        return -1;
+    }
+    a->channel_max = !strcmp(v, "max");
+    return 1;
+}
+
+/* The flags that take one path or list; 1 if argv[*i] is one (consumed), 0 if not. */
+static int text_flag(int argc, char **argv, int *i, viz_args *a)
+{
+    const struct {
+        const char *flag;
+        const char **value;
+    } flags[] = {{"--run", &a->run_dir},   {"--data", &a->data_dir},
+                 {"--images", &a->images}, {"--layer", &a->cam_layer},
+                 {"--out", &a->cmp_out},   {"--layers", &a->channel_layers}};
+    for (int k = 0; k < (int)(sizeof flags / sizeof flags[0]); k++)
+        if (!strcmp(argv[*i], flags[k].flag) && *i + 1 < argc) {
+            *flags[k].value = argv[++*i];
+            return 1;
+        }
+    return 0;
+}
+
+/* Parses the command line into a; -1 to go on, else the exit code to return
+ * (--help, --version or a bad command line, already reported). */
+static int parse_args(int argc, char **argv, viz_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->cmp_out = "compare";
+    a->fmt = VIZ_PNG;
+    viz_attr_defaults(&a->attr);
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        int used = attribution_flag(argc, argv, &i, &a->attr);
+        if (used == 0)
+            used = choice_flag(argc, argv, &i, a);
+        if (used < 0)
+            return CFX_EXIT_USAGE;
+        if (used || text_flag(argc, argv, &i, a))
+            continue;
+        if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+            usage(stdout);
+            return CFX_EXIT_OK;
+        } else if (!strcmp(arg, "--version")) {
+            printf("cfx-viz %s\n", CFX_VERSION);
+            return CFX_EXIT_OK;
+        } else if (!strcmp(arg, "--compare") && i + 2 < argc) {
+            a->cmp_a = argv[++i];
+            a->cmp_b = argv[++i];
+        } else if (!strcmp(arg, "--quiet") || !strcmp(arg, "-q")) {
+            a->quiet = 1;
+        } else {
+            fprintf(stderr, "cfx-viz: unknown or incomplete option '%s' (see --help)\n", arg);
+            return CFX_EXIT_USAGE;
+        }
+    }
+    if (strlen(a->cmp_out) >= CFX_PATH_LEN) {
+        fprintf(stderr, "cfx-viz: --out: path longer than %d characters\n", CFX_PATH_LEN - 1);
+        return CFX_EXIT_USAGE;
+    }
+    if (a->cmp_a && a->run_dir) {
+        fprintf(stderr, "cfx-viz: --run and --compare exclude each other (see --help)\n");
+        return CFX_EXIT_USAGE;
+    }
+    if (!a->cmp_a && !a->run_dir) {
+        fprintf(stderr, "cfx-viz: --run OUTPUT_DIR is required (see --help)\n");
+        return CFX_EXIT_USAGE;
+    }
+    return -1;
 }
 
 typedef int (*figure_fn)(viz_out *, const viz_run *, cfx_error *);
@@ -239,129 +344,49 @@ static void print_sanity(const viz_run *r)
     }
 }
 
-int main(int argc, char **argv)
+/* What a run's computation found: accuracy, the sanity check, IG's completeness. */
+static void print_findings(const viz_run *r)
 {
-    cfx_blas_select_kernels(argv); /* may re-execute this program */
-    const char *run_dir = NULL, *data_dir = NULL, *images = NULL, *cam_layer = NULL;
-    const char *channel_layers = NULL, *cmp_a = NULL, *cmp_b = NULL, *cmp_out = "compare";
-    int channel_max = 0;
-    viz_format fmt = VIZ_PNG;
-    int quiet = 0;
-    viz_attr_opts attr;
-    viz_attr_defaults(&attr);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int used = attribution_flag(argc, argv, &i, &attr);
-        if (used < 0)
-            return CFX_EXIT_USAGE;
-        if (used)
-            continue;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return CFX_EXIT_OK;
-        } else if (!strcmp(a, "--version")) {
-            printf("cfx-viz %s\n", CFX_VERSION);
-            return CFX_EXIT_OK;
-        } else if (!strcmp(a, "--run") && i + 1 < argc) {
-            run_dir = argv[++i];
-        } else if (!strcmp(a, "--data") && i + 1 < argc) {
-            data_dir = argv[++i];
-        } else if (!strcmp(a, "--images") && i + 1 < argc) {
-            images = argv[++i];
-        } else if (!strcmp(a, "--layer") && i + 1 < argc) {
-            cam_layer = argv[++i];
-        } else if (!strcmp(a, "--compare") && i + 2 < argc) {
-            cmp_a = argv[++i];
-            cmp_b = argv[++i];
-        } else if (!strcmp(a, "--out") && i + 1 < argc) {
-            cmp_out = argv[++i];
-            if (strlen(cmp_out) >= CFX_PATH_LEN) {
-                fprintf(stderr, "cfx-viz: --out: path longer than %d characters\n", CFX_PATH_LEN - 1);
-                return CFX_EXIT_USAGE;
-            }
-        } else if (!strcmp(a, "--layers") && i + 1 < argc) {
-            channel_layers = argv[++i];
-        } else if (!strcmp(a, "--channel-stat") && i + 1 < argc) {
-            const char *v = argv[++i];
-            if (strcmp(v, "mean") != 0 && strcmp(v, "max") != 0) {
-                fprintf(stderr, "cfx-viz: --channel-stat: '%s' is not mean or max\n", v);
-                return CFX_EXIT_USAGE;
-            }
-            channel_max = !strcmp(v, "max");
-        } else if (!strcmp(a, "--format") && i + 1 < argc) {
-            const char *f = argv[++i];
-            if (!strcmp(f, "png"))
-                fmt = VIZ_PNG;
-            else if (!strcmp(f, "svg"))
-                fmt = VIZ_SVG;
-            else if (!strcmp(f, "pdf"))
-                fmt = VIZ_PDF;
-            else {
-                fprintf(stderr, "cfx-viz: --format: '%s' is not png, svg or pdf\n", f);
-                return CFX_EXIT_USAGE;
-            }
-        } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
-            quiet = 1;
-        } else {
-            fprintf(stderr, "cfx-viz: unknown or incomplete option '%s' (see --help)\n", a);
-            return CFX_EXIT_USAGE;
-        }
+    printf("cfx-viz %s: %s: best.h5 of epoch %d (validation accuracy %.4f); test accuracy "
+           "%.4f, loss %.4f (%d images); OpenBLAS core %s, %d thread%s\n",
+           CFX_VERSION, r->run_dir, r->state.best_epoch, r->state.best_validation_accuracy,
+           r->test_accuracy, r->test_loss, r->n_test, cfx_blas_core(), cfx_blas_threads(),
+           cfx_blas_threads() == 1 ? "" : "s");
+    print_sanity(r);
+    for (int b = 0; b < 2; b++) {
+        printf("Integrated Gradients from the %s image, completeness (sum of attributions "
+               "vs score change):",
+               b ? "blurred" : "black");
+        for (int i = 0; i < r->n_images; i++)
+            printf(" %.4f/%.4f", r->ig_check[b][i][0], r->ig_check[b][i][1]);
+        printf("\n");
     }
-    if (cmp_a && run_dir) {
-        fprintf(stderr, "cfx-viz: --run and --compare exclude each other (see --help)\n");
-        return CFX_EXIT_USAGE;
-    }
-    set_threads();
-    if (cmp_a)
-        return compare_mode(cmp_a, cmp_b, cmp_out, data_dir, images, &attr, channel_max, fmt,
-                            quiet);
-    if (!run_dir) {
-        fprintf(stderr, "cfx-viz: --run OUTPUT_DIR is required (see --help)\n");
-        return CFX_EXIT_USAGE;
-    }
+}
 
-    double t0 = cfx_now();
-    cfx_error err = {{0}};
-    viz_run r;
-    viz_out out = {0};
-    int code = CFX_EXIT_FAILURE;
-    if (viz_run_load(&r, run_dir, data_dir, &err) != 0)
-        goto fail;
-    if (cam_layer)
-        snprintf(r.cam_request, sizeof r.cam_request, "%s", cam_layer);
-    r.attr = attr;
-    r.actmax_steps = attr.actmax_steps;
-    r.channel_max = channel_max;
-    if (channel_layers)
-        snprintf(r.layers_request, sizeof r.layers_request, "%s", channel_layers);
-    if (viz_run_choose_images(&r, images, &err) != 0) {
-        code = CFX_EXIT_USAGE;
-        goto fail;
-    }
-    if (out_dir(r.run_dir, "", &err) != 0 || out_dir(r.run_dir, "plots", &err) != 0 ||
-        out_dir(r.run_dir, "featuremaps", &err) != 0 || out_dir(r.run_dir, "explorer", &err) != 0)
-        goto fail;
-    if (viz_run_compute(&r, &err) != 0)
-        goto fail;
-    if (!quiet) {
-        printf("cfx-viz %s: %s: best.h5 of epoch %d (validation accuracy %.4f); test accuracy "
-               "%.4f, loss %.4f (%d images); OpenBLAS core %s, %d thread%s\n",
-               CFX_VERSION, r.run_dir, r.state.best_epoch, r.state.best_validation_accuracy,
-               r.test_accuracy, r.test_loss, r.n_test, cfx_blas_core(), cfx_blas_threads(),
-               cfx_blas_threads() == 1 ? "" : "s");
-        print_sanity(&r);
-        for (int b = 0; b < 2; b++) {
-            printf("Integrated Gradients from the %s image, completeness (sum of attributions "
-                   "vs score change):", b ? "blurred" : "black");
-            for (int i = 0; i < r.n_images; i++)
-                printf(" %.4f/%.4f", r.ig_check[b][i][0], r.ig_check[b][i][1]);
-            printf("\n");
-        }
-    }
+/* Loads run a->run_dir, picks its test images and computes everything the figures show. */
+static int load_run(viz_run *r, const viz_args *a, cfx_error *err)
+{
+    if (viz_run_load(r, a->run_dir, a->data_dir, err) != 0)
+        return CFX_EXIT_FAILURE;
+    if (a->cam_layer)
+        snprintf(r->cam_request, sizeof r->cam_request, "%s", a->cam_layer);
+    r->attr = a->attr;
+    r->actmax_steps = a->attr.actmax_steps;
+    r->channel_max = a->channel_max;
+    if (a->channel_layers)
+        snprintf(r->layers_request, sizeof r->layers_request, "%s", a->channel_layers);
+    if (viz_run_choose_images(r, a->images, err) != 0)
+        return CFX_EXIT_USAGE;
+    if (out_dir(r->run_dir, "", err) != 0 || out_dir(r->run_dir, "plots", err) != 0 ||
+        out_dir(r->run_dir, "featuremaps", err) != 0 || out_dir(r->run_dir, "explorer", err) != 0)
+        return CFX_EXIT_FAILURE;
+    return viz_run_compute(r, err) != 0 ? CFX_EXIT_FAILURE : CFX_EXIT_OK;
+}
 
+/* Every figure, analysis.h5, report.html and explorer.html of one run. */
+static int write_run(viz_run *r, viz_out *out, const viz_args *a, double t0, cfx_error *err)
+{
     double t_draw = cfx_now();
-    out.dir = r.run_dir;
-    out.fmt = fmt;
     static const figure_fn figures[] = {
         viz_fig_loss_curves,   viz_fig_accuracies,      viz_fig_confusion,     viz_fig_per_class,
         viz_fig_misclassified, viz_fig_confusion_pairs, viz_fig_conv1_filters, viz_fig_saliency,
@@ -370,39 +395,63 @@ int main(int argc, char **argv)
         viz_fig_activation_maximization, viz_fig_embedding, viz_fig_featuremaps,
     };
     for (size_t i = 0; i < sizeof figures / sizeof figures[0]; i++)
-        if (figures[i](&out, &r, &err) != 0)
-            goto fail;
+        if (figures[i](out, r, err) != 0)
+            return -1;
     t_draw = cfx_now() - t_draw;
-
     double t_files = cfx_now();
     char path[CFX_PATH_LEN + 32];
-    snprintf(path, sizeof path, "%s/analysis.h5", r.run_dir);
-    if (viz_store_analysis(&r, path, &err) != 0)
-        goto fail;
-    snprintf(path, sizeof path, "%s/report.html", r.run_dir);
-    if (viz_write_report(&r, &out, path, cfx_now() - t0, &err) != 0)
-        goto fail;
+    snprintf(path, sizeof path, "%s/analysis.h5", r->run_dir);
+    if (viz_store_analysis(r, path, err) != 0)
+        return -1;
+    snprintf(path, sizeof path, "%s/report.html", r->run_dir);
+    if (viz_write_report(r, out, path, cfx_now() - t0, err) != 0)
+        return -1;
     t_files = cfx_now() - t_files;
     double t_explorer = cfx_now();
-    viz_run *runs[1] = {&r};
-    if (viz_write_explorer(runs, 1, r.run_dir, attr.explorer_images, &err) != 0)
-        goto fail;
+    viz_run *runs[1] = {r};
+    if (viz_write_explorer(runs, 1, r->run_dir, a->attr.explorer_images, err) != 0)
+        return -1;
     t_explorer = cfx_now() - t_explorer;
-    if (!quiet)
+    if (!a->quiet)
         printf("cfx-viz: %d figures, per_class.csv, analysis.h5, report.html and explorer.html "
                "in %s/ in %.2f s (load %.2f, test set and channel statistics %.2f, feature maps "
                "and IG check %.2f, %d methods at %d sanity steps %.2f, PCA %.2f, activation "
                "maximisation %.2f, drawing %.2f, analysis.h5 + report %.2f, explorer with %d "
                "images' maps %.2f)\n",
-               out.n, r.run_dir, cfx_now() - t0, r.t_load, r.t_eval, r.t_explain, VIZ_N_METHODS,
-               r.sanity.n_steps, r.t_sanity, r.t_embedding, r.t_actmax, t_draw, t_files,
-               attr.explorer_images, t_explorer);
-    code = CFX_EXIT_OK;
-fail:
+               out->n, r->run_dir, cfx_now() - t0, r->t_load, r->t_eval, r->t_explain,
+               VIZ_N_METHODS, r->sanity.n_steps, r->t_sanity, r->t_embedding, r->t_actmax, t_draw,
+               t_files, a->attr.explorer_images, t_explorer);
+    return 0;
+}
+
+static int run_mode(const viz_args *a)
+{
+    double t0 = cfx_now();
+    cfx_error err = {{0}};
+    viz_run r;
+    viz_out out = {0};
+    int code = load_run(&r, a, &err);
+    if (code == CFX_EXIT_OK && !a->quiet)
+        print_findings(&r);
+    out.dir = r.run_dir;
+    out.fmt = a->fmt;
+    if (code == CFX_EXIT_OK && write_run(&r, &out, a, t0, &err) != 0)
+        code = CFX_EXIT_FAILURE;
     if (code != CFX_EXIT_OK)
         fprintf(stderr, "cfx-viz: %s\n", err.msg);
     viz_out_free(&out);
     viz_run_free(&r);
     viz_plot_shutdown();
     return code;
+}
+
+int main(int argc, char **argv)
+{
+    cfx_blas_select_kernels(argv); /* may re-execute this program */
+    viz_args args;
+    int code = parse_args(argc, argv, &args);
+    if (code >= 0)
+        return code;
+    set_threads();
+    return args.cmp_a ? compare_mode(&args) : run_mode(&args);
 }
