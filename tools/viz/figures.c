@@ -844,76 +844,102 @@ static const viz_color SANITY_COLORS[VIZ_N_METHODS] = {
 static const int SANITY_DASHES[VIZ_N_METHODS] = {VIZ_SOLID,  VIZ_SOLID,  VIZ_DASHED, VIZ_DASHED,
                                                  VIZ_DOTTED, VIZ_DOTTED, VIZ_SOLID,  VIZ_DASHED};
 
-int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
+/* The sanity figure's geometry, in points: a grid of maps above a chart. */
+typedef struct {
+    double tile, gap, cap_h, left; /* a map, the space between, its caption, the row labels */
+    double head, row_h, grid_h, chart_h, width;
+    int heading_lines; /* of the tallest column heading */
+} sanity_layout;
+
+static sanity_layout sanity_layout_of(const viz_run *r)
 {
     const viz_sanity *sa = &r->sanity;
-    int steps = sa->n_steps, n = sa->n_images;
-    int lines = 1; /* of the tallest column heading */
-    for (int s = 0; s < steps; s++) {
+    sanity_layout g = {.tile = 84.0, .gap = 12.0, .cap_h = 18.0, .left = 150.0, .chart_h = 330.0};
+    g.heading_lines = 1;
+    for (int s = 0; s < sa->n_steps; s++) {
         char h[96];
         sanity_step_heading(r, s, h, sizeof h);
         int k = 1;
         for (const char *p = h; *p; p++)
             k += *p == '\n';
-        lines = k > lines ? k : lines;
+        g.heading_lines = k > g.heading_lines ? k : g.heading_lines;
     }
-    const double tile = 84.0, gap = 12.0, cap_h = 18.0, left = 150.0;
-    const double head = 124.0 + (lines - 1) * 15.0;
-    const double row_h = tile + cap_h + gap, grid_h = 2 * n * row_h + (n - 1) * 8.0;
-    const double chart_h = 330.0;
-    double width = fmax(left + (steps + 1) * (tile + gap) + 20.0, 760.0);
-    viz_fig f;
-    viz_fig_init(&f, width, head + grid_h + 16.0 + chart_h);
-    const char *title = "Sanity check: cascading model randomisation";
-    viz_title_block(&f, width / 2, 10.0, title,
-                "parameter layers re-initialised from the output down, one more per column;\n"
-                "ρ: Spearman rank correlation with the trained model's map",
-                0);
+    g.head = 124.0 + (g.heading_lines - 1) * 15.0;
+    g.row_h = g.tile + g.cap_h + g.gap;
+    g.grid_h = 2 * sa->n_images * g.row_h + (sa->n_images - 1) * 8.0;
+    g.width = fmax(g.left + (sa->n_steps + 1) * (g.tile + g.gap) + 20.0, 760.0);
+    return g;
+}
+
+/* The column headings: the image, then the layer each step re-initialised down to. */
+static void sanity_headings(viz_fig *f, const viz_run *r, const sanity_layout *g)
+{
+    int steps = r->sanity.n_steps;
     char lab[96];
     for (int s = 0; s <= steps; s++) {
-        double cx = left + s * (tile + gap) + tile / 2;
+        double cx = g->left + s * (g->tile + g->gap) + g->tile / 2;
         if (s == 0)
             snprintf(lab, sizeof lab, "image");
         else
             sanity_step_heading(r, s - 1, lab, sizeof lab);
-        viz_text(&f, cx, head - 8.0, lab, FONT_CAPTION, 0.5, 1.0, 0, s == 1 ? VIZ_BOLD : 0,
+        viz_text(f, cx, g->head - 8.0, lab, FONT_CAPTION, 0.5, 1.0, 0, s == 1 ? VIZ_BOLD : 0,
                  VIZ_TEXT);
     }
     if (steps > 1) /* over the columns of the re-initialised models, 2..steps */
-        viz_text(&f, left + (2 + steps) / 2.0 * (tile + gap) + tile / 2, head - 8.0 - lines * 15.0,
-                 "re-initialised down to layer", FONT_CAPTION, 0.5, 1.0, 0, 0, VIZ_GREY);
-    for (int i = 0; i < n; i++) {
-        for (int m = 0; m < 2; m++) {
-            double y = head + (2 * i + m) * row_h + i * 8.0;
-            char rl[96];
-            snprintf(rl, sizeof rl, "test #%d\n%s of\n“%s”", r->images[i],
-                     m == 0 ? "saliency" : "Grad-CAM", class_name(r->img_pred[i]));
-            viz_text(&f, left - 12.0, y + tile / 2, rl, VIZ_FONT, 1.0, 0.5, 0, 0, VIZ_TEXT);
-            if (m == 0) {
-                viz_image_rgb(&f, r->img_rgb[i], S, S, left, y, tile, tile);
-                viz_frame(&f, left, y, tile, tile, VIZ_GREY, 1.0);
-            }
-            for (int s = 0; s < steps; s++) {
-                double x = left + (s + 1) * (tile + gap);
-                const float *map;
-                int mh, mw;
-                if (m == 0)
-                    map = sa->maps[VIZ_SALIENCY] + ((size_t)s * n + i) * sa->size[VIZ_SALIENCY], mh = mw = S;
-                else
-                    map = sa->maps[VIZ_GRADCAM] + ((size_t)s * n + i) * sa->size[VIZ_GRADCAM], mh = r->cam_h,
-                    mw = r->cam_w;
-                float lo, hi;
-                min_max(map, (size_t)mh * mw, &lo, &hi);
-                viz_image_map(&f, map, mh, mw, 0.0, hi > 0 ? hi : 1.0, x, y, tile, tile, 1.0, 0);
-                viz_frame(&f, x, y, tile, tile, VIZ_GREY, 1.0);
-                char rt[32];
-                rho_text(rt, sizeof rt, sa->rho[m == 0 ? VIZ_SALIENCY : VIZ_GRADCAM][s * n + i]);
-                viz_text(&f, x + tile / 2, y + tile + 3.0, rt, FONT_CAPTION, 0.5, 0.0, 0, 0,
-                         VIZ_TEXT);
-            }
-        }
+        viz_text(f, g->left + (2 + steps) / 2.0 * (g->tile + g->gap) + g->tile / 2,
+                 g->head - 8.0 - g->heading_lines * 15.0, "re-initialised down to layer",
+                 FONT_CAPTION, 0.5, 1.0, 0, 0, VIZ_GREY);
+}
+
+/* Row m (0 saliency, 1 Grad-CAM) of image i: its map at every step with ρ under it. */
+static void sanity_row(viz_fig *f, const viz_run *r, const sanity_layout *g, int i, int m, double y)
+{
+    const viz_sanity *sa = &r->sanity;
+    int n = sa->n_images, method = m == 0 ? VIZ_SALIENCY : VIZ_GRADCAM;
+    int mh = m == 0 ? S : r->cam_h, mw = m == 0 ? S : r->cam_w;
+    char rl[96];
+    snprintf(rl, sizeof rl, "test #%d\n%s of\n“%s”", r->images[i], m == 0 ? "saliency" : "Grad-CAM",
+             class_name(r->img_pred[i]));
+    viz_text(f, g->left - 12.0, y + g->tile / 2, rl, VIZ_FONT, 1.0, 0.5, 0, 0, VIZ_TEXT);
+    if (m == 0) {
+        viz_image_rgb(f, r->img_rgb[i], S, S, g->left, y, g->tile, g->tile);
+        viz_frame(f, g->left, y, g->tile, g->tile, VIZ_GREY, 1.0);
     }
-    /* chart: mean correlation per step, thin lines per image */
+    for (int s = 0; s < sa->n_steps; s++) {
+        double x = g->left + (s + 1) * (g->tile + g->gap);
+        const float *map = sa->maps[method] + ((size_t)s * n + i) * sa->size[method];
+        float lo, hi;
+        min_max(map, (size_t)mh * mw, &lo, &hi);
+        viz_image_map(f, map, mh, mw, 0.0, hi > 0 ? hi : 1.0, x, y, g->tile, g->tile, 1.0, 0);
+        viz_frame(f, x, y, g->tile, g->tile, VIZ_GREY, 1.0);
+        char rt[32];
+        rho_text(rt, sizeof rt, sa->rho[method][s * n + i]);
+        viz_text(f, x + g->tile / 2, y + g->tile + 3.0, rt, FONT_CAPTION, 0.5, 0.0, 0, 0, VIZ_TEXT);
+    }
+}
+
+/* The lowest correlation the chart shows: of the means, and of saliency's and
+ * Grad-CAM's per-image lines. */
+static double sanity_lowest(const viz_sanity *sa)
+{
+    int n = sa->n_images;
+    double lo = 0.0;
+    for (int k = 0; k < VIZ_N_METHODS; k++)
+        for (int s = 0; s < sa->n_steps; s++) {
+            double mean = viz_nanmean(sa->rho[k] + s * n, n);
+            lo = isnan(mean) ? lo : fmin(lo, mean);
+            for (int i = 0; k <= VIZ_GRADCAM && i < n; i++)
+                lo = isnan(sa->rho[k][s * n + i]) ? lo : fmin(lo, sa->rho[k][s * n + i]);
+        }
+    return lo;
+}
+
+/* The chart: every method's mean correlation per step, with thin lines per
+ * image for the methods of the grid (a NaN is drawn as 0). */
+static void sanity_chart(viz_fig *f, const viz_run *r, const sanity_layout *g)
+{
+    const viz_sanity *sa = &r->sanity;
+    int steps = sa->n_steps, n = sa->n_images;
     const char **names = cfx_malloc((size_t)steps * sizeof *names);
     char(*labels)[64] = cfx_malloc((size_t)steps * sizeof *labels);
     for (int s = 0; s < steps; s++) {
@@ -922,50 +948,55 @@ int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
     }
     viz_axes ax = {0};
     ax.xcat = names, ax.n_xcat = steps;
-    double by = head + grid_h + 16.0;
     const char *ct = "Rank correlation with the trained model's map";
-    double lo = 0.0;
-    for (int k = 0; k < VIZ_N_METHODS; k++) /* means; saliency and Grad-CAM per image too */
-        for (int s = 0; s < steps; s++) {
-            double mean = viz_nanmean(sa->rho[k] + s * n, n);
-            lo = isnan(mean) ? lo : fmin(lo, mean);
-            for (int i = 0; k <= VIZ_GRADCAM && i < n; i++)
-                lo = isnan(sa->rho[k][s * n + i]) ? lo : fmin(lo, sa->rho[k][s * n + i]);
-        }
+    double lo = sanity_lowest(sa);
     viz_legend_entry e[VIZ_N_METHODS];
     for (int k = 0; k < VIZ_N_METHODS; k++)
         e[k] = (viz_legend_entry){VIZ_METHOD_LABEL[k], SANITY_COLORS[k], SANITY_DASHES[k],
                                   VIZ_CIRCLE, NULL};
     double lw, lh; /* the legend right of the chart: eight lines would hide the curves */
-    viz_legend_size(&f, e, VIZ_N_METHODS, &lw, &lh);
-    viz_axes_layout(&ax, &f, 40.0, by, width - 80.0 - lw - 16.0, chart_h - 6.0, -0.3, steps - 0.7,
-                    lo - 0.05 * (1.0 - lo), 1.0 + 0.05 * (1.0 - lo), 0, ct,
-                    "re-initialised down to layer", "Spearman ρ");
+    viz_legend_size(f, e, VIZ_N_METHODS, &lw, &lh);
+    viz_axes_layout(&ax, f, 40.0, g->head + g->grid_h + 16.0, g->width - 80.0 - lw - 16.0,
+                    g->chart_h - 6.0, -0.3, steps - 0.7, lo - 0.05 * (1.0 - lo),
+                    1.0 + 0.05 * (1.0 - lo), 0, ct, "re-initialised down to layer", "Spearman ρ");
     viz_axes_draw(&ax, ct, "re-initialised down to layer", "Spearman ρ");
     viz_axes_hline(&ax, 0.0, VIZ_GREY, 1.0, VIZ_SOLID);
     double *xs = cfx_malloc((size_t)steps * sizeof *xs),
            *ys = cfx_malloc((size_t)steps * sizeof *ys);
-    double *px = cfx_malloc(VIZ_N_METHODS * (size_t)steps * sizeof *px),
-           *py = cfx_malloc(VIZ_N_METHODS * (size_t)steps * sizeof *py);
-    /* the mean over images of every method; the methods of the grid above also per image */
     for (int k = 0; k < VIZ_N_METHODS; k++) {
         const double *rho = sa->rho[k];
         viz_color c = SANITY_COLORS[k];
         for (int i = 0; k <= VIZ_GRADCAM && i < n; i++) {
             for (int s = 0; s < steps; s++)
                 xs[s] = s, ys[s] = isnan(rho[s * n + i]) ? 0.0 : rho[s * n + i];
-            viz_color light = {0.6 * 1 + 0.4 * c.r, 0.6 + 0.4 * c.g, 0.6 + 0.4 * c.b};
+            viz_color light = {0.6 + 0.4 * c.r, 0.6 + 0.4 * c.g, 0.6 + 0.4 * c.b};
             viz_axes_line(&ax, xs, ys, steps, light, 1.0, VIZ_SOLID, VIZ_NO_MARKER);
         }
         for (int s = 0; s < steps; s++) {
             double mean = viz_nanmean(rho + s * n, n);
             xs[s] = s, ys[s] = isnan(mean) ? 0.0 : mean;
-            px[k * steps + s] = s, py[k * steps + s] = ys[s];
         }
         viz_axes_line(&ax, xs, ys, steps, c, 2.5, SANITY_DASHES[k], VIZ_CIRCLE);
     }
-    viz_legend_draw(&f, e, VIZ_N_METHODS, ax.x + ax.w + 16.0, ax.y + 10.0);
-    free(xs), free(ys), free(px), free(py), free(names), free(labels);
+    viz_legend_draw(f, e, VIZ_N_METHODS, ax.x + ax.w + 16.0, ax.y + 10.0);
+    free(xs), free(ys), free(names), free(labels);
+}
+
+int viz_fig_sanity(viz_out *o, const viz_run *r, cfx_error *err)
+{
+    sanity_layout g = sanity_layout_of(r);
+    viz_fig f;
+    viz_fig_init(&f, g.width, g.head + g.grid_h + 16.0 + g.chart_h);
+    const char *title = "Sanity check: cascading model randomisation";
+    viz_title_block(&f, g.width / 2, 10.0, title,
+                    "parameter layers re-initialised from the output down, one more per column;\n"
+                    "ρ: Spearman rank correlation with the trained model's map",
+                    0);
+    sanity_headings(&f, r, &g);
+    for (int i = 0; i < r->sanity.n_images; i++)
+        for (int m = 0; m < 2; m++)
+            sanity_row(&f, r, &g, i, m, g.head + (2 * i + m) * g.row_h + i * 8.0);
+    sanity_chart(&f, r, &g);
     int rc = viz_out_save(o, &f, "plots/sanity_randomization", VIZ_SEC_SANITY, title,
                           "Model randomisation test (Adebayo et al., 2018): parameter layers are "
                           "re-initialised from the output layer down, cumulatively. A method "
