@@ -225,6 +225,33 @@ static int parse_long(const char *text, long *out)
 
 /* ---- setting values ----------------------------------------------------- */
 
+/* A string key's value: not empty, no ';', within its size and, where the
+ * key lists its choices, one of them. */
+static int set_string(char *field, const key_def *k, const char *name, const char *v,
+                      cfx_error *err)
+{
+    if (*v == '\0')
+        return cfx_fail(err, "%s: empty value", name);
+    /* The effective config is written back as INI (checkpoints, config
+     * copies), where ';' may start a comment: it would not read back. */
+    if (strchr(v, ';'))
+        return cfx_fail(err, "%s: '%s' contains ';', which INI files read as a comment", name, v);
+    if (strlen(v) >= k->size)
+        return cfx_fail(err, "%s: value longer than %zu characters", name, k->size - 1);
+    if (k->choices) {
+        char opts[128];
+        snprintf(opts, sizeof opts, "%s", k->choices);
+        int ok = 0;
+        char *save = NULL;
+        for (char *c = strtok_r(opts, "|", &save); c; c = strtok_r(NULL, "|", &save))
+            ok |= strcmp(c, v) == 0;
+        if (!ok)
+            return cfx_fail(err, "%s: '%s' is not one of %s", name, v, k->choices);
+    }
+    strcpy(field, v);
+    return 0;
+}
+
 static int set_value(cfx_config *cfg, const key_def *k, const char *raw, cfx_error *err)
 {
     char buf[4096];
@@ -278,29 +305,8 @@ static int set_value(cfx_config *cfg, const key_def *k, const char *raw, cfx_err
         else
             return cfx_fail(err, "%s: '%s' is not a boolean (true or false)", name, v);
         return 0;
-    case KEY_STRING: {
-        if (*v == '\0')
-            return cfx_fail(err, "%s: empty value", name);
-        /* The effective config is written back as INI (checkpoints, config
-         * copies), where ';' may start a comment: it would not read back. */
-        if (strchr(v, ';'))
-            return cfx_fail(err, "%s: '%s' contains ';', which INI files read as a comment", name,
-                            v);
-        if (strlen(v) >= k->size)
-            return cfx_fail(err, "%s: value longer than %zu characters", name, k->size - 1);
-        if (k->choices) {
-            char opts[128];
-            snprintf(opts, sizeof opts, "%s", k->choices);
-            int ok = 0;
-            char *save = NULL;
-            for (char *c = strtok_r(opts, "|", &save); c; c = strtok_r(NULL, "|", &save))
-                ok |= strcmp(c, v) == 0;
-            if (!ok)
-                return cfx_fail(err, "%s: '%s' is not one of %s", name, v, k->choices);
-        }
-        strcpy(field, v);
-        return 0;
-    }
+    case KEY_STRING:
+        return set_string(field, k, name, v, err);
     case KEY_LAYERS:
         return cfx_parse_layers(v, cfg->layers, &cfg->n_layers, err);
     }

@@ -261,6 +261,40 @@ static int bench_reduce(int argc, char **argv)
     return 0;
 }
 
+/* Seconds spent in the loss, the optimizer, in all (wall) and on every thread (CPU). */
+typedef struct {
+    double loss, opt, total, cpu;
+} step_times;
+
+/* Runs 3 warm-up steps, then times `steps` training steps on m's input
+ * (acts[0]); the layers' own clocks count only the timed steps. */
+static step_times time_steps(cfx_model *m, cfx_optim *opt, const int *labels, int batch, int steps)
+{
+    step_times t = {0};
+    for (int s = -3; s < steps; s++) {
+        if (s == 0) { /* warm-up done: reset the layer clocks */
+            for (int i = 0; i < m->n_layers; i++)
+                m->layers[i].forward_seconds = m->layers[i].backward_seconds = 0;
+            t.loss = t.opt = 0;
+            t.total = cfx_now();
+            t.cpu = cpu_seconds();
+        }
+        const float *logits = cfx_model_forward(m, batch);
+        double t0 = cfx_now(), loss = 0;
+        long correct = 0;
+        cfx_softmax_xent(logits, labels, batch, m->n_classes, 1.0f / batch, m->dacts[m->n_layers],
+                         &loss, &correct);
+        t.loss += cfx_now() - t0;
+        cfx_model_backward(m, batch);
+        t0 = cfx_now();
+        cfx_optim_step(opt, m->params, m->grads);
+        t.opt += cfx_now() - t0;
+    }
+    t.total = cfx_now() - t.total;
+    t.cpu = cpu_seconds() - t.cpu;
+    return t;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--allreduce"))
@@ -313,36 +347,15 @@ int main(int argc, char **argv)
     for (int i = 0; i < batch; i++)
         labels[i] = i % m.n_classes;
 
-    double t_loss = 0, t_opt = 0, t_total = 0, t_cpu = 0;
-    for (int s = -3; s < steps; s++) {
-        if (s == 0) { /* warm-up done: reset the layer clocks */
-            for (int i = 0; i < m.n_layers; i++)
-                m.layers[i].forward_seconds = m.layers[i].backward_seconds = 0;
-            t_loss = t_opt = 0;
-            t_total = cfx_now();
-            t_cpu = cpu_seconds();
-        }
-        const float *logits = cfx_model_forward(&m, batch);
-        double t = cfx_now(), loss = 0;
-        long correct = 0;
-        cfx_softmax_xent(logits, labels, batch, m.n_classes, 1.0f / batch, m.dacts[m.n_layers],
-                         &loss, &correct);
-        t_loss += cfx_now() - t;
-        cfx_model_backward(&m, batch);
-        t = cfx_now();
-        cfx_optim_step(&opt, m.params, m.grads);
-        t_opt += cfx_now() - t;
-    }
-    t_total = cfx_now() - t_total;
-    t_cpu = cpu_seconds() - t_cpu;
+    step_times t = time_steps(&m, &opt, labels, batch, steps);
 
     printf("OpenBLAS core %s (%s), %d thread(s), batch %d, %d steps, convolutions: %s\n",
            cfx_blas_core(), cfx_blas_threading(), threads, batch, steps,
            cfx_conv2d_direct_usable(batch, 32, 32, 3, 1, 1) ? "direct AVX-512" : "im2col + SGEMM");
     double flops_step = print_layers(&m, batch, steps);
-    double ms = 1e3 * t_total / steps;
-    print_by_kind(&m, steps, ms, 1e3 * t_loss / steps, 1e3 * t_opt / steps);
-    printf("CPU time %.3f ms per step (all threads; wall time below)\n", 1e3 * t_cpu / steps);
+    double ms = 1e3 * t.total / steps;
+    print_by_kind(&m, steps, ms, 1e3 * t.loss / steps, 1e3 * t.opt / steps);
+    printf("CPU time %.3f ms per step (all threads; wall time below)\n", 1e3 * t.cpu / steps);
     openblas_set_num_threads(threads); /* the peak: one SGEMM on every thread */
     double peak = sgemm_peak(1024, 10);
     printf("step %.3f ms = %.0f images/s, %.1f GFLOP/s (%.2f MFLOP/image)\n", ms,
